@@ -1,0 +1,4 @@
+//! genfs: a versioned FUSE filesystem. Every close of a written file commits a durable,
+//! immutable generation; old generations stay readable.
+
+pub mod store;

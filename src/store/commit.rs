@@ -1,0 +1,114 @@
+//! The commit protocol (DESIGN.md §4), top to bottom:
+//!
+//! 1. seal: each staged chunk is hashed, fdatasync'd, made read-only and linked into `chunks/`;
+//! 2. every chunk directory that gained an entry is fsynced;
+//! 3. the commit record (new generation + inode image) is appended to the journal and
+//!    fdatasync'd — shared with concurrent commits (group commit);
+//! 4. the record is applied to the index: the generation becomes current.
+//!
+//! A failure in 1–3 fails the commit and the draft (never published later, G5); the previous
+//! generation stays current. Data reaches stable storage before the directory entry that names
+//! it, and both before the journal record that points at them.
+
+use super::draft::{Draft, Slot};
+use super::error::{StoreError, StoreResult};
+use super::records::{ChunkId, Inode, Manifest, Op, Timestamp};
+use super::Store;
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::PathBuf;
+
+impl Store {
+    /// Commits the draft as the file's next generation and returns the new inode image.
+    pub fn commit(&self, draft: &mut Draft) -> StoreResult<Inode> {
+        if draft.failed {
+            return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        self.check_writable()?;
+        let result = self.commit_inner(draft);
+        if result.is_err() {
+            draft.failed = true;
+            draft.discard_staged();
+        }
+        result
+    }
+
+    fn commit_inner(&self, draft: &mut Draft) -> StoreResult<Inode> {
+        let dirs = self.seal_chunks(draft)?;
+        for dir in &dirs {
+            self.io
+                .sync_dir(dir)
+                .map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;
+        }
+        let chunks: std::collections::BTreeMap<u64, ChunkId> = draft
+            .slots
+            .iter()
+            .filter_map(|(i, s)| match s {
+                Slot::Committed(id) => Some((*i, *id)),
+                Slot::Staged(_) => None,
+            })
+            .collect();
+        let _inode_lock = self.lock_inodes(&[draft.ino]);
+        let mut inode = self.index.inode(draft.ino)?.ok_or(StoreError::Stale)?;
+        let gen = inode.last_gen + 1;
+        let now = Timestamp::now();
+        inode.gen = gen;
+        inode.last_gen = gen;
+        inode.size = draft.size;
+        inode.mtime = draft.mtime;
+        inode.ctime = now;
+        let record = self.journal.append(|seq| {
+            let manifest = Manifest { size: draft.size, mtime: draft.mtime, chunks, seq, committed: now };
+            vec![
+                Op::PutGeneration { ino: draft.ino, gen, manifest },
+                Op::PutInode { ino: draft.ino, inode: inode.clone() },
+            ]
+        })?;
+        if let Err(e) = self.journal.sync_to(record.seq) {
+            self.journal.applied(record.seq);
+            return Err(e);
+        }
+        // Past this point the commit is durable and cannot be rolled back.
+        self.apply(&record)?;
+        draft.base_gen = gen;
+        draft.dirty = false;
+        Ok(inode)
+    }
+
+    /// Step 1: turns every staged chunk into a published chunk; returns the chunk directories
+    /// that gained an entry.
+    fn seal_chunks(&self, draft: &mut Draft) -> StoreResult<BTreeSet<PathBuf>> {
+        let staged: Vec<u64> = draft
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Staged(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        let mut dirs = BTreeSet::new();
+        for idx in staged {
+            let Some(Slot::Staged(s)) = draft.slots.remove(&idx) else { continue };
+            let mut content = vec![0u8; s.len as usize];
+            s.file
+                .read_exact_at(&mut content, 0)
+                .map_err(|e| StoreError::io(format!("read {}", s.path.display()), e))?;
+            if content.iter().all(|b| *b == 0) {
+                // An all-zero chunk is a hole: nothing to store.
+                let _ = std::fs::remove_file(&s.path);
+                continue;
+            }
+            let hash = *blake3::hash(&content).as_bytes();
+            self.io
+                .sync_data(&s.file)
+                .map_err(|e| StoreError::io(format!("fdatasync {}", s.path.display()), e))?;
+            s.file
+                .set_permissions(std::fs::Permissions::from_mode(0o444))
+                .map_err(|e| StoreError::io(format!("chmod {}", s.path.display()), e))?;
+            // Synced even when the chunk was already there: its entry may come from a
+            // concurrent commit whose directory fsync has not happened yet.
+            self.chunks.publish(&s.path, &hash)?;
+            dirs.insert(self.chunks.shard_dir(&hash));
+            draft.slots.insert(idx, Slot::Committed(ChunkId { hash, len: s.len as u32 }));
+        }
+        Ok(dirs)
+    }
+}

@@ -1,0 +1,287 @@
+//! The index: a sled tree brought up to date from the journal. No sled type leaves this module.
+//!
+//! One tree, keys prefixed by kind (all integers big-endian so ranges sort):
+//! `i ino` inode · `d parent name` dirent · `c parent cookie` readdir order · `b ino parent name`
+//! names of an inode · `g ino gen` manifest · `r hash` chunk references · `x ino name` xattr.
+//!
+//! Records are applied in one sled transaction each. Applying is idempotent: every op writes a
+//! full image, and a generation's chunk references rise only when the generation is new.
+
+use super::error::{StoreError, StoreResult};
+use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Record};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct DirentValue {
+    ino: Ino,
+    kind: Kind,
+    cookie: u64,
+}
+
+/// A directory entry as readdir returns it.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub cookie: u64,
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+pub struct Index {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn inode_key(ino: Ino) -> Vec<u8> {
+    key(b'i', &[&ino.to_be_bytes()])
+}
+fn dirent_key(parent: Ino, name: &[u8]) -> Vec<u8> {
+    key(b'd', &[&parent.to_be_bytes(), name])
+}
+fn cookie_key(parent: Ino, cookie: u64) -> Vec<u8> {
+    key(b'c', &[&parent.to_be_bytes(), &cookie.to_be_bytes()])
+}
+fn backlink_key(ino: Ino, parent: Ino, name: &[u8]) -> Vec<u8> {
+    key(b'b', &[&ino.to_be_bytes(), &parent.to_be_bytes(), name])
+}
+fn gen_key(ino: Ino, gen: u64) -> Vec<u8> {
+    key(b'g', &[&ino.to_be_bytes(), &gen.to_be_bytes()])
+}
+fn ref_key(hash: &Hash) -> Vec<u8> {
+    key(b'r', &[hash])
+}
+fn xattr_key(ino: Ino, name: &[u8]) -> Vec<u8> {
+    key(b'x', &[&ino.to_be_bytes(), name])
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing our own plain structs into a Vec cannot fail.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> StoreResult<T> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupted(format!("index {what}: {e}")))
+}
+
+fn sled_err(context: &str, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) => StoreError::io(format!("index: {context}"), io),
+        other => StoreError::Corrupted(format!("index: {context}: {other}")),
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn tx_abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+impl Index {
+    pub fn open(path: &Path) -> StoreResult<Index> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(|e| sled_err(&format!("open {}", path.display()), e))?;
+        let tree = db
+            .open_tree("genfs")
+            .map_err(|e| sled_err("open tree", e))?;
+        Ok(Index { db, tree })
+    }
+
+    /// Makes everything applied so far durable in sled's files (the caller fsyncs them too:
+    /// sled's own flush uses sync_file_range, which is not durability).
+    pub fn flush(&self) -> StoreResult<()> {
+        self.db.flush().map_err(|e| sled_err("flush", e))?;
+        Ok(())
+    }
+
+    pub fn apply(&self, record: &Record) -> StoreResult<()> {
+        let result = self.tree.transaction(|tx| {
+            for op in &record.ops {
+                apply_op(tx, op)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(sled_err("apply", e)),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
+        self.tree.get(key).map_err(|e| sled_err("get", e))
+    }
+
+    pub fn inode(&self, ino: Ino) -> StoreResult<Option<Inode>> {
+        match self.get(&inode_key(ino))? {
+            Some(v) => Ok(Some(decode(&v, "inode")?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> StoreResult<Option<(Ino, Kind)>> {
+        match self.get(&dirent_key(parent, name))? {
+            Some(v) => {
+                let d: DirentValue = decode(&v, "dirent")?;
+                Ok(Some((d.ino, d.kind)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Entries of `parent` with cookie greater than `after`, in cookie order, at most `limit`.
+    pub fn readdir(&self, parent: Ino, after: u64, limit: usize) -> StoreResult<Vec<DirEntry>> {
+        let start = cookie_key(parent, after.saturating_add(1));
+        let end = cookie_key(parent, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.tree.range(start..=end) {
+            let (k, name) = item.map_err(|e| sled_err("readdir", e))?;
+            let cookie = u64::from_be_bytes(k[9..17].try_into().unwrap_or([0; 8]));
+            if let Some((ino, kind)) = self.lookup(parent, &name)? {
+                out.push(DirEntry { cookie, name: name.to_vec(), ino, kind });
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dir_is_empty(&self, dir: Ino) -> StoreResult<bool> {
+        let prefix = key(b'd', &[&dir.to_be_bytes()]);
+        match self.tree.scan_prefix(prefix).next() {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(e)) => Err(sled_err("scan dir", e)),
+        }
+    }
+
+    /// Every (parent, name) that names `ino`.
+    pub fn names_of(&self, ino: Ino) -> StoreResult<Vec<(Ino, Vec<u8>)>> {
+        let prefix = key(b'b', &[&ino.to_be_bytes()]);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, _) = item.map_err(|e| sled_err("names", e))?;
+            let parent = u64::from_be_bytes(k[9..17].try_into().unwrap_or([0; 8]));
+            out.push((parent, k[17..].to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn generation(&self, ino: Ino, gen: u64) -> StoreResult<Option<Manifest>> {
+        match self.get(&gen_key(ino, gen))? {
+            Some(v) => Ok(Some(decode(&v, "generation")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All kept generations of `ino`, oldest first.
+    pub fn generations(&self, ino: Ino) -> StoreResult<Vec<(u64, Manifest)>> {
+        let prefix = key(b'g', &[&ino.to_be_bytes()]);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| sled_err("generations", e))?;
+            let gen = u64::from_be_bytes(k[9..17].try_into().unwrap_or([0; 8]));
+            out.push((gen, decode(&v, "generation")?));
+        }
+        Ok(out)
+    }
+
+    pub fn chunk_refs(&self, hash: &Hash) -> StoreResult<u64> {
+        Ok(self.get(&ref_key(hash))?.map(|v| read_u64(&v)).unwrap_or(0))
+    }
+
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.get(&xattr_key(ino, name))?.map(|v| v.to_vec()))
+    }
+
+    pub fn xattr_names(&self, ino: Ino) -> StoreResult<Vec<Vec<u8>>> {
+        let prefix = key(b'x', &[&ino.to_be_bytes()]);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, _) = item.map_err(|e| sled_err("xattrs", e))?;
+            out.push(k[9..].to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The highest inode number in use (the next one is this plus one).
+    pub fn max_ino(&self) -> StoreResult<Ino> {
+        match self.tree.scan_prefix([b'i']).next_back() {
+            Some(Ok((k, _))) => Ok(u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]))),
+            Some(Err(e)) => Err(sled_err("max ino", e)),
+            None => Ok(0),
+        }
+    }
+
+    /// Counts of (inodes, generations, chunks) for statistics; walks the index.
+    pub fn counts(&self) -> StoreResult<(u64, u64, u64)> {
+        let count = |p: u8| self.tree.scan_prefix([p]).count() as u64;
+        Ok((count(b'i'), count(b'g'), count(b'r')))
+    }
+}
+
+fn read_u64(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_le_bytes).unwrap_or(0)
+}
+
+fn apply_op(tx: &TransactionalTree, op: &Op) -> TxResult<()> {
+    match op {
+        Op::PutInode { ino, inode } => {
+            tx.insert(inode_key(*ino), encode(inode))?;
+        }
+        Op::DelInode { ino } => {
+            tx.remove(inode_key(*ino))?;
+        }
+        Op::PutDirent { parent, name, ino, kind, cookie } => {
+            remove_dirent(tx, *parent, name)?;
+            let value = DirentValue { ino: *ino, kind: *kind, cookie: *cookie };
+            tx.insert(dirent_key(*parent, name), encode(&value))?;
+            tx.insert(cookie_key(*parent, *cookie), name.as_slice())?;
+            tx.insert(backlink_key(*ino, *parent, name), &[] as &[u8])?;
+        }
+        Op::DelDirent { parent, name } => {
+            remove_dirent(tx, *parent, name)?;
+        }
+        Op::PutGeneration { ino, gen, manifest } => {
+            let k = gen_key(*ino, *gen);
+            if tx.get(&k)?.is_none() {
+                for chunk in manifest.chunks.values() {
+                    let rk = ref_key(&chunk.hash);
+                    let n = tx.get(&rk)?.map(|v| read_u64(&v)).unwrap_or(0);
+                    tx.insert(rk, &(n + 1).to_le_bytes())?;
+                }
+                tx.insert(k, encode(manifest))?;
+            }
+        }
+        Op::PutXattr { ino, name, value } => {
+            tx.insert(xattr_key(*ino, name), value.as_slice())?;
+        }
+        Op::DelXattr { ino, name } => {
+            tx.remove(xattr_key(*ino, name))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_dirent(tx: &TransactionalTree, parent: Ino, name: &[u8]) -> TxResult<()> {
+    if let Some(old) = tx.remove(dirent_key(parent, name))? {
+        let old: DirentValue = decode(&old, "dirent").map_err(tx_abort)?;
+        tx.remove(cookie_key(parent, old.cookie))?;
+        tx.remove(backlink_key(old.ino, parent, name))?;
+    }
+    Ok(())
+}

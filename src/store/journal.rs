@@ -1,0 +1,390 @@
+//! The commit journal: append-only segments of checksummed records. It owns durability: a
+//! change is acknowledged only after its record is fdatasync'd, and concurrent committers share
+//! one fdatasync (group commit). After a failed write or sync the journal refuses all further
+//! appends (G5): the kernel may have dropped the dirty pages, so a retried sync could lie.
+//!
+//! Frame: `len u32 LE | crc32 u32 LE | postcard(Record)`. Segments are named by the sequence
+//! number of their first record. `checkpoint` holds the sequence number up to which the index
+//! is durable; segments entirely at or below it are deleted.
+
+use super::error::{StoreError, StoreResult};
+use super::io::StoreIo;
+use super::records::{Op, Record};
+use parking_lot::Mutex;
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+const FRAME_HEADER_BYTES: usize = 8;
+pub const RECORD_BYTES_MAX: usize = 256 << 20;
+const SEGMENT_BYTES_TARGET: u64 = 64 << 20;
+const CHECKPOINT_FILE: &str = "checkpoint";
+
+struct Segment {
+    start_seq: u64,
+    path: PathBuf,
+}
+
+struct AppendState {
+    file: Arc<File>,
+    offset: u64,
+    next_seq: u64,
+    segments: Vec<Segment>,
+    /// Appended records not yet applied to the index; bounds the checkpoint.
+    unapplied: BTreeSet<u64>,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    io: Arc<dyn StoreIo>,
+    state: Mutex<AppendState>,
+    sync_lock: Mutex<()>,
+    durable_seq: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// What opening the journal found: records to replay and where the index checkpoint was.
+pub struct Replay {
+    pub checkpoint_seq: u64,
+    pub records: Vec<Record>,
+    /// Bytes of a torn or corrupt tail that were cut off (0 after a clean shutdown).
+    pub truncated_bytes: u64,
+}
+
+fn segment_name(start_seq: u64) -> String {
+    format!("{start_seq:020}.log")
+}
+
+pub fn encode_frame(record: &Record) -> Vec<u8> {
+    let payload = postcard::to_stdvec(record).unwrap_or_default();
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Decodes frames from `buf`; returns the records and the length of the valid prefix.
+fn decode_frames(buf: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while pos + FRAME_HEADER_BYTES <= buf.len() {
+        let len = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+        let crc = u32::from_le_bytes([buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]]);
+        let start = pos + FRAME_HEADER_BYTES;
+        if len == 0 || len > RECORD_BYTES_MAX || start + len > buf.len() {
+            break;
+        }
+        let payload = &buf[start..start + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        match postcard::from_bytes::<Record>(payload) {
+            Ok(r) => records.push(r),
+            Err(_) => break,
+        }
+        pos = start + len;
+    }
+    (records, pos)
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::io(context, e)
+}
+
+impl Journal {
+    /// Creates an empty journal directory (mkfs).
+    pub fn create(dir: &Path, io: &dyn StoreIo) -> StoreResult<()> {
+        let path = dir.join(segment_name(1));
+        let f = io.create_new(&path, 0o600).map_err(io_err(format!("create {}", path.display())))?;
+        io.sync_data(&f).map_err(io_err(format!("fsync {}", path.display())))?;
+        write_checkpoint(dir, io, 0)?;
+        Ok(())
+    }
+
+    /// Opens the journal, reads every record after the checkpoint and cuts a torn tail.
+    pub fn open(dir: &Path, io: Arc<dyn StoreIo>) -> StoreResult<(Journal, Replay)> {
+        let checkpoint_seq = read_checkpoint(dir)?;
+        let mut segments = list_segments(dir)?;
+        if segments.is_empty() {
+            return Err(StoreError::Corrupted(format!("no journal segment in {}", dir.display())));
+        }
+        let mut records = Vec::new();
+        let mut truncated_bytes = 0;
+        let mut next_seq = segments[0].start_seq;
+        let mut tail_offset = 0;
+        let last = segments.len() - 1;
+        for (i, seg) in segments.iter().enumerate() {
+            let buf = std::fs::read(&seg.path).map_err(io_err(format!("read {}", seg.path.display())))?;
+            let (recs, valid) = decode_frames(&buf);
+            if valid < buf.len() {
+                if i != last {
+                    return Err(StoreError::Corrupted(format!(
+                        "journal segment {} is damaged at byte {valid} and later segments exist",
+                        seg.path.display()
+                    )));
+                }
+                truncated_bytes = (buf.len() - valid) as u64;
+            }
+            for r in recs {
+                if r.seq != next_seq {
+                    return Err(StoreError::Corrupted(format!(
+                        "journal {}: expected record {next_seq}, found {}",
+                        seg.path.display(),
+                        r.seq
+                    )));
+                }
+                next_seq += 1;
+                if r.seq > checkpoint_seq {
+                    records.push(r);
+                }
+            }
+            tail_offset = valid as u64;
+        }
+        let tail = &segments[last].path;
+        let file = io.open_rw(tail).map_err(io_err(format!("open {}", tail.display())))?;
+        if truncated_bytes > 0 {
+            io.set_len(&file, tail_offset).map_err(io_err(format!("truncate {}", tail.display())))?;
+            io.sync_data(&file).map_err(io_err(format!("fsync {}", tail.display())))?;
+        }
+        segments.sort_by_key(|s| s.start_seq);
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            io,
+            state: Mutex::new(AppendState {
+                file: Arc::new(file),
+                offset: tail_offset,
+                next_seq,
+                segments,
+                unapplied: BTreeSet::new(),
+            }),
+            sync_lock: Mutex::new(()),
+            durable_seq: AtomicU64::new(next_seq - 1),
+            failed: AtomicBool::new(false),
+        };
+        Ok((journal, Replay { checkpoint_seq, records, truncated_bytes }))
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, e: StoreError) -> StoreError {
+        self.failed.store(true, Ordering::SeqCst);
+        tracing::error!("journal failed, store is now read-only: {e}");
+        e
+    }
+
+    /// Appends a record (not yet durable) and returns it with its sequence number. The record
+    /// counts as unapplied until [`Journal::applied`] is called for it.
+    /// `build` gets the record's sequence number (commits store it in the manifest).
+    pub fn append(&self, build: impl FnOnce(u64) -> Vec<Op>) -> StoreResult<Record> {
+        if self.has_failed() {
+            return Err(StoreError::ReadOnlyAfterIoFailure);
+        }
+        let mut st = self.state.lock();
+        let record = Record { seq: st.next_seq, ops: build(st.next_seq) };
+        let frame = encode_frame(&record);
+        if frame.len() > RECORD_BYTES_MAX {
+            return Err(StoreError::FileTooBig);
+        }
+        if st.offset > 0 && st.offset + frame.len() as u64 > SEGMENT_BYTES_TARGET {
+            self.rotate(&mut st)?;
+        }
+        let path = self.tail_path(&st);
+        if let Err(e) = self.io.write_all_at(&st.file, &frame, st.offset) {
+            // A partial frame may be on disk; recovery cuts it (checksum), we stop writing.
+            return Err(self.fail(StoreError::io(format!("append to {}", path.display()), e)));
+        }
+        st.offset += frame.len() as u64;
+        st.next_seq += 1;
+        st.unapplied.insert(record.seq);
+        Ok(record)
+    }
+
+    fn tail_path(&self, st: &AppendState) -> PathBuf {
+        st.segments.last().map(|s| s.path.clone()).unwrap_or_else(|| self.dir.clone())
+    }
+
+    /// Starts a new segment. The old one is synced first, so `durable_seq` stays truthful.
+    fn rotate(&self, st: &mut AppendState) -> StoreResult<()> {
+        let _sync = self.sync_lock.lock();
+        let old = self.tail_path(st);
+        self.io
+            .sync_data(&st.file)
+            .map_err(|e| self.fail(StoreError::io(format!("fsync {}", old.display()), e)))?;
+        self.durable_seq.store(st.next_seq - 1, Ordering::SeqCst);
+        let path = self.dir.join(segment_name(st.next_seq));
+        let file = self
+            .io
+            .create_new(&path, 0o600)
+            .map_err(|e| self.fail(StoreError::io(format!("create {}", path.display()), e)))?;
+        self.io
+            .sync_dir(&self.dir)
+            .map_err(|e| self.fail(StoreError::io(format!("fsync {}", self.dir.display()), e)))?;
+        st.file = Arc::new(file);
+        st.offset = 0;
+        st.segments.push(Segment { start_seq: st.next_seq, path });
+        Ok(())
+    }
+
+    /// Makes every record up to `seq` durable; concurrent callers share one fdatasync.
+    pub fn sync_to(&self, seq: u64) -> StoreResult<()> {
+        if self.durable_seq.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        let _sync = self.sync_lock.lock();
+        if self.durable_seq.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        if self.has_failed() {
+            return Err(StoreError::ReadOnlyAfterIoFailure);
+        }
+        let (file, target, path) = {
+            let st = self.state.lock();
+            (st.file.clone(), st.next_seq - 1, self.tail_path(&st))
+        };
+        match self.io.sync_data(&file) {
+            Ok(()) => {
+                self.durable_seq.store(target, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(StoreError::io(format!("fdatasync {}", path.display()), e))),
+        }
+    }
+
+    /// Syncs everything appended so far (the periodic namespace sync and fsync of a directory).
+    pub fn sync_all(&self) -> StoreResult<()> {
+        let last = self.state.lock().next_seq - 1;
+        self.sync_to(last)
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.state.lock().next_seq - 1
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq.load(Ordering::SeqCst)
+    }
+
+    /// The record is in the index now (or was abandoned after a journal failure).
+    pub fn applied(&self, seq: u64) {
+        self.state.lock().unapplied.remove(&seq);
+    }
+
+    /// Highest sequence number such that it and every earlier record are in the index.
+    pub fn applied_watermark(&self) -> u64 {
+        let st = self.state.lock();
+        match st.unapplied.iter().next() {
+            Some(first) => first - 1,
+            None => st.next_seq - 1,
+        }
+    }
+
+    /// Records that the index is durable through `seq` and deletes segments it covers.
+    /// The caller has flushed and fsynced the index first.
+    pub fn checkpoint(&self, seq: u64) -> StoreResult<()> {
+        self.sync_to(seq)?;
+        write_checkpoint(&self.dir, self.io.as_ref(), seq)?;
+        let doomed: Vec<PathBuf> = {
+            let mut st = self.state.lock();
+            let mut doomed = Vec::new();
+            while st.segments.len() > 1 && st.segments[1].start_seq <= seq + 1 {
+                doomed.push(st.segments.remove(0).path);
+            }
+            doomed
+        };
+        for path in &doomed {
+            self.io.unlink(path).map_err(io_err(format!("remove {}", path.display())))?;
+        }
+        if !doomed.is_empty() {
+            self.io.sync_dir(&self.dir).map_err(io_err(format!("fsync {}", self.dir.display())))?;
+        }
+        Ok(())
+    }
+}
+
+fn list_segments(dir: &Path) -> StoreResult<Vec<Segment>> {
+    let mut segments = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(num) = name.strip_suffix(".log") {
+            if let Ok(start_seq) = num.parse::<u64>() {
+                segments.push(Segment { start_seq, path: entry.path() });
+            }
+        }
+    }
+    segments.sort_by_key(|s| s.start_seq);
+    Ok(segments)
+}
+
+fn read_checkpoint(dir: &Path) -> StoreResult<u64> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_err(format!("read {}", path.display())))?;
+    let mut parts = text.split_whitespace();
+    let (Some(seq), Some(crc)) = (parts.next(), parts.next()) else {
+        return Err(StoreError::Corrupted(format!("{} is malformed", path.display())));
+    };
+    let ok = crc.parse::<u32>().ok() == Some(crc32fast::hash(seq.as_bytes()));
+    match (ok, seq.parse::<u64>()) {
+        (true, Ok(seq)) => Ok(seq),
+        _ => Err(StoreError::Corrupted(format!("{} fails its checksum", path.display()))),
+    }
+}
+
+/// Replaces the checkpoint file atomically and durably (temp, fsync, rename, dir fsync).
+fn write_checkpoint(dir: &Path, io: &dyn StoreIo, seq: u64) -> StoreResult<()> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let text = format!("{seq} {}\n", crc32fast::hash(seq.to_string().as_bytes()));
+    let f = io.create_new(&tmp, 0o600).map_err(io_err(format!("create {}", tmp.display())))?;
+    io.write_all_at(&f, text.as_bytes(), 0).map_err(io_err(format!("write {}", tmp.display())))?;
+    io.sync_data(&f).map_err(io_err(format!("fsync {}", tmp.display())))?;
+    io.rename(&tmp, &path).map_err(io_err(format!("rename {}", path.display())))?;
+    io.sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::io::RealIo;
+
+    fn ops(n: u8) -> Vec<Op> {
+        vec![Op::DelXattr { ino: n as u64, name: vec![n] }]
+    }
+
+    #[test]
+    fn records_survive_reopen_and_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let io: Arc<dyn StoreIo> = Arc::new(RealIo);
+        Journal::create(dir.path(), io.as_ref()).unwrap();
+        let (j, replay) = Journal::open(dir.path(), io.clone()).unwrap();
+        assert!(replay.records.is_empty());
+        for i in 0..10 {
+            let r = j.append(|_| ops(i)).unwrap();
+            j.sync_to(r.seq).unwrap();
+        }
+        drop(j);
+        // Append garbage: a torn frame.
+        let seg = dir.path().join(segment_name(1));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2]);
+        std::fs::write(&seg, &bytes).unwrap();
+        let (j, replay) = Journal::open(dir.path(), io.clone()).unwrap();
+        assert_eq!(replay.records.len(), 10);
+        assert_eq!(replay.truncated_bytes, 6);
+        assert_eq!(j.append(|_| ops(1)).unwrap().seq, 11);
+        j.checkpoint(5).unwrap();
+        drop(j);
+        let (_, replay) = Journal::open(dir.path(), io).unwrap();
+        assert_eq!(replay.checkpoint_seq, 5);
+        assert_eq!(replay.records.first().map(|r| r.seq), Some(6));
+    }
+}

@@ -1,0 +1,705 @@
+//! The store: a directory holding immutable chunks, a journal that owns durability, and a sled
+//! index brought up to date from the journal at open. No FUSE types here.
+//!
+//! Ordering rules: namespace changes are appended to the journal and applied to the index
+//! under `ns_lock`, so they reach the index in sequence order. A commit holds the lock of its
+//! inode from appending its record until the record is applied, and every change to an inode
+//! takes that inode's lock, so each inode's image in the index changes in sequence order too.
+//! That keeps replay (which applies records in sequence order) equal to what ran live.
+
+pub mod chunks;
+mod commit;
+pub mod config;
+pub mod draft;
+pub mod error;
+pub mod index;
+pub mod io;
+pub mod journal;
+pub mod records;
+
+use chunks::ChunkStore;
+use config::{StoreConfig, CONFIG_FILE};
+pub use draft::Draft;
+pub use error::{StoreError, StoreResult};
+use index::{DirEntry, Index};
+use io::StoreIo;
+use journal::Journal;
+use parking_lot::{Mutex, MutexGuard};
+use records::{Ino, Inode, Kind, Manifest, Op, Record, Timestamp, ROOT_INO};
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub const NAME_BYTES_MAX: usize = 255;
+pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
+pub const XATTR_NAME_BYTES_MAX: usize = 255;
+const INODE_LOCK_STRIPES: usize = 256;
+/// First readdir cookie of a directory's entries ("." and ".." take 1 and 2).
+pub const FIRST_COOKIE: u64 = 3;
+
+/// What a new node is.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub kind: Kind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub target: Vec<u8>,
+}
+
+/// Attribute changes (None: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct SetAttrs {
+    pub perm: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+    pub ctime: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrMode {
+    Any,
+    Create,
+    Replace,
+}
+
+/// What happened when the store was opened.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub replayed_records: usize,
+    pub truncated_journal_bytes: u64,
+    pub removed_staging_files: usize,
+}
+
+pub struct Store {
+    root: PathBuf,
+    pub config: StoreConfig,
+    io: Arc<dyn StoreIo>,
+    index: Index,
+    journal: Journal,
+    chunks: ChunkStore,
+    ns_lock: Mutex<()>,
+    inode_locks: Vec<Mutex<()>>,
+    next_ino: AtomicU64,
+    /// The index refused a record the journal holds: memory and disk disagree until remount.
+    index_failed: AtomicBool,
+    pub recovery: RecoveryReport,
+    _lock_file: File,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::io(context, e)
+}
+
+pub fn validate_name(name: &[u8]) -> StoreResult<()> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(StoreError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(StoreError::InvalidName);
+    }
+    Ok(())
+}
+
+fn new_inode(n: &NewNode, now: Timestamp) -> Inode {
+    Inode {
+        kind: n.kind,
+        perm: n.perm & 0o7777,
+        uid: n.uid,
+        gid: n.gid,
+        nlink: if n.kind == Kind::Dir { 2 } else { 1 },
+        rdev: n.rdev,
+        size: if n.kind == Kind::Symlink { n.target.len() as u64 } else { 0 },
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        gen: 0,
+        last_gen: 0,
+        target: n.target.clone(),
+        next_cookie: FIRST_COOKIE,
+    }
+}
+
+impl Store {
+    /// Creates a new store in `path` (missing or an empty directory).
+    pub fn mkfs(path: &Path, chunk_size: u64, owner: (u32, u32)) -> StoreResult<()> {
+        let config = StoreConfig::new(chunk_size)?;
+        let io = io::RealIo;
+        match std::fs::read_dir(path) {
+            Ok(mut entries) => {
+                if path.join(CONFIG_FILE).exists() {
+                    return Err(StoreError::Exists);
+                }
+                if entries.next().is_some() {
+                    return Err(StoreError::NotEmpty);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(path).map_err(io_err(format!("create {}", path.display())))?;
+            }
+            Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+        }
+        for sub in ["journal", "index", "chunks", "staging"] {
+            let p = path.join(sub);
+            io.create_dir(&p).map_err(io_err(format!("create {}", p.display())))?;
+        }
+        ChunkStore::create_shards(&path.join("chunks"), &io)?;
+        Journal::create(&path.join("journal"), &io)?;
+        let (journal, _) = Journal::open(&path.join("journal"), Arc::new(io::RealIo))?;
+        let root = NewNode { kind: Kind::Dir, perm: 0o755, uid: owner.0, gid: owner.1, rdev: 0, target: vec![] };
+        let record = journal.append(|_| vec![Op::PutInode { ino: ROOT_INO, inode: new_inode(&root, Timestamp::now()) }])?;
+        journal.sync_to(record.seq)?;
+        // The config file is written last: its presence marks a complete store.
+        let tmp = path.join("genfs.toml.tmp");
+        let f = io.create_new(&tmp, 0o644).map_err(io_err(format!("create {}", tmp.display())))?;
+        io.write_all_at(&f, config.render().as_bytes(), 0).map_err(io_err(format!("write {}", tmp.display())))?;
+        io.sync_data(&f).map_err(io_err(format!("fsync {}", tmp.display())))?;
+        io.rename(&tmp, &path.join(CONFIG_FILE)).map_err(io_err(format!("rename {}", tmp.display())))?;
+        io.sync_dir(path).map_err(io_err(format!("fsync {}", path.display())))?;
+        Ok(())
+    }
+
+    pub fn open(path: &Path) -> StoreResult<Store> {
+        Self::open_with_io(path, Arc::new(io::RealIo))
+    }
+
+    /// Opens a store: takes its lock, clears staging, replays the journal into the index.
+    pub fn open_with_io(path: &Path, io: Arc<dyn StoreIo>) -> StoreResult<Store> {
+        let config = StoreConfig::load(path)?;
+        let lock_file = take_lock(path)?;
+        let removed_staging_files = clear_dir(&path.join("staging"))?;
+        let index = Index::open(&path.join("index"))?;
+        let (journal, replay) = Journal::open(&path.join("journal"), io.clone())?;
+        let replayed_records = replay.records.len();
+        for record in &replay.records {
+            index.apply(record)?;
+        }
+        if index.inode(ROOT_INO)?.is_none() {
+            return Err(StoreError::Corrupted("the root directory is missing from the index".into()));
+        }
+        let next_ino = index.max_ino()? + 1;
+        let chunks = ChunkStore::new(path.join("chunks"), io.clone(), config.chunk_size);
+        let store = Store {
+            root: path.to_path_buf(),
+            config,
+            io,
+            index,
+            journal,
+            chunks,
+            ns_lock: Mutex::new(()),
+            inode_locks: (0..INODE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            next_ino: AtomicU64::new(next_ino),
+            index_failed: AtomicBool::new(false),
+            recovery: RecoveryReport {
+                replayed_records,
+                truncated_journal_bytes: replay.truncated_bytes,
+                removed_staging_files,
+            },
+            _lock_file: lock_file,
+        };
+        if replayed_records > 0 {
+            store.checkpoint()?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
+    }
+
+    /// Writes are refused after a journal or index failure (G5).
+    pub fn check_writable(&self) -> StoreResult<()> {
+        if self.journal.has_failed() || self.index_failed.load(Ordering::SeqCst) {
+            return Err(StoreError::ReadOnlyAfterIoFailure);
+        }
+        Ok(())
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.check_writable().is_err()
+    }
+
+    fn lock_inodes(&self, inos: &[Ino]) -> Vec<MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = inos.iter().map(|i| (*i as usize) % INODE_LOCK_STRIPES).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.into_iter().map(|s| self.inode_locks[s].lock()).collect()
+    }
+
+    fn apply(&self, record: &Record) -> StoreResult<()> {
+        let result = self.index.apply(record);
+        self.journal.applied(record.seq);
+        if let Err(e) = &result {
+            self.index_failed.store(true, Ordering::SeqCst);
+            tracing::error!("index update failed, store is now read-only: {e}");
+        }
+        result
+    }
+
+    /// Appends and applies a namespace record (durable at the next sync).
+    fn mutate(&self, ops: Vec<Op>) -> StoreResult<u64> {
+        self.check_writable()?;
+        let _ns = self.ns_lock.lock();
+        let record = self.journal.append(|_| ops)?;
+        self.apply(&record)?;
+        Ok(record.seq)
+    }
+
+    /// Makes every namespace change so far durable (fsync of a directory, periodic sync).
+    pub fn sync(&self) -> StoreResult<()> {
+        if self.journal.last_seq() == self.journal.durable_seq() {
+            return Ok(());
+        }
+        self.journal.sync_all()
+    }
+
+    /// Makes the index durable up to the applied watermark and trims the journal.
+    pub fn checkpoint(&self) -> StoreResult<()> {
+        if self.is_failed() {
+            return Ok(());
+        }
+        let watermark = self.journal.applied_watermark();
+        self.index.flush()?;
+        sync_tree(self.io.as_ref(), &self.root.join("index"))?;
+        self.journal.checkpoint(watermark)
+    }
+
+    pub fn inode(&self, ino: Ino) -> StoreResult<Inode> {
+        self.index.inode(ino)?.ok_or(StoreError::NotFound)
+    }
+
+    fn dir_inode(&self, ino: Ino) -> StoreResult<Inode> {
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::Dir {
+            return Err(StoreError::NotDir);
+        }
+        Ok(inode)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> StoreResult<(Ino, Inode)> {
+        if name.len() > NAME_BYTES_MAX {
+            return Err(StoreError::NameTooLong);
+        }
+        let (ino, _) = self.index.lookup(parent, name)?.ok_or(StoreError::NotFound)?;
+        Ok((ino, self.inode(ino)?))
+    }
+
+    pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> StoreResult<Vec<DirEntry>> {
+        self.index.readdir(dir, after, limit)
+    }
+
+    /// The directory that contains `dir` (the root is its own parent).
+    pub fn parent_of(&self, dir: Ino) -> StoreResult<Ino> {
+        Ok(self.index.names_of(dir)?.first().map(|(p, _)| *p).unwrap_or(ROOT_INO))
+    }
+
+    pub fn names_of(&self, ino: Ino) -> StoreResult<Vec<(Ino, Vec<u8>)>> {
+        self.index.names_of(ino)
+    }
+
+    pub fn create(&self, parent: Ino, name: &[u8], node: &NewNode) -> StoreResult<(Ino, Inode)> {
+        validate_name(name)?;
+        let ino = self.next_ino.fetch_add(1, Ordering::SeqCst);
+        let _locks = self.lock_inodes(&[parent, ino]);
+        let mut dir = self.dir_inode(parent)?;
+        if self.index.lookup(parent, name)?.is_some() {
+            return Err(StoreError::Exists);
+        }
+        let now = Timestamp::now();
+        let inode = new_inode(node, now);
+        let cookie = dir.next_cookie;
+        dir.next_cookie += 1;
+        dir.mtime = now;
+        dir.ctime = now;
+        if node.kind == Kind::Dir {
+            dir.nlink += 1;
+        }
+        self.mutate(vec![
+            Op::PutInode { ino, inode: inode.clone() },
+            Op::PutDirent { parent, name: name.to_vec(), ino, kind: node.kind, cookie },
+            Op::PutInode { ino: parent, inode: dir },
+        ])?;
+        Ok((ino, inode))
+    }
+
+    /// Removes a non-directory name; returns the inode it named.
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> StoreResult<Ino> {
+        let (ino, _) = self.index.lookup(parent, name)?.ok_or(StoreError::NotFound)?;
+        let _locks = self.lock_inodes(&[parent, ino]);
+        let (ino, mut child) = self.lookup(parent, name)?;
+        if child.kind == Kind::Dir {
+            return Err(StoreError::IsDir);
+        }
+        let mut dir = self.dir_inode(parent)?;
+        let now = Timestamp::now();
+        dir.mtime = now;
+        dir.ctime = now;
+        child.nlink = child.nlink.saturating_sub(1);
+        child.ctime = now;
+        let mut ops = vec![Op::DelDirent { parent, name: name.to_vec() }, Op::PutInode { ino: parent, inode: dir }];
+        ops.push(release_inode(ino, child));
+        self.mutate(ops)?;
+        Ok(ino)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> StoreResult<Ino> {
+        let (ino, _) = self.index.lookup(parent, name)?.ok_or(StoreError::NotFound)?;
+        let _locks = self.lock_inodes(&[parent, ino]);
+        let (ino, child) = self.lookup(parent, name)?;
+        if child.kind != Kind::Dir {
+            return Err(StoreError::NotDir);
+        }
+        if !self.index.dir_is_empty(ino)? {
+            return Err(StoreError::NotEmpty);
+        }
+        let mut dir = self.dir_inode(parent)?;
+        let now = Timestamp::now();
+        dir.mtime = now;
+        dir.ctime = now;
+        dir.nlink = dir.nlink.saturating_sub(1);
+        self.mutate(vec![
+            Op::DelDirent { parent, name: name.to_vec() },
+            Op::DelInode { ino },
+            Op::PutInode { ino: parent, inode: dir },
+        ])?;
+        Ok(ino)
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> StoreResult<Inode> {
+        validate_name(name)?;
+        let _locks = self.lock_inodes(&[parent, ino]);
+        let mut inode = self.inode(ino)?;
+        if inode.kind == Kind::Dir {
+            return Err(StoreError::NotPermitted);
+        }
+        let mut dir = self.dir_inode(parent)?;
+        if self.index.lookup(parent, name)?.is_some() {
+            return Err(StoreError::Exists);
+        }
+        let now = Timestamp::now();
+        inode.nlink += 1;
+        inode.ctime = now;
+        let cookie = dir.next_cookie;
+        dir.next_cookie += 1;
+        dir.mtime = now;
+        dir.ctime = now;
+        self.mutate(vec![
+            Op::PutDirent { parent, name: name.to_vec(), ino, kind: inode.kind, cookie },
+            Op::PutInode { ino, inode: inode.clone() },
+            Op::PutInode { ino: parent, inode: dir },
+        ])?;
+        Ok(inode)
+    }
+
+    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE. Returns the inode that was replaced.
+    pub fn rename(&self, p1: Ino, n1: &[u8], p2: Ino, n2: &[u8], mode: RenameMode) -> StoreResult<Option<Ino>> {
+        validate_name(n2)?;
+        let (src, _) = self.index.lookup(p1, n1)?.ok_or(StoreError::NotFound)?;
+        let dst = self.index.lookup(p2, n2)?.map(|(i, _)| i);
+        let mut involved = vec![p1, p2, src];
+        involved.extend(dst);
+        let _locks = self.lock_inodes(&involved);
+        // Re-read under the locks: the names may have changed meanwhile.
+        let (src, mut src_inode) = self.lookup(p1, n1)?;
+        let dst = match self.index.lookup(p2, n2)? {
+            Some((d, _)) => Some((d, self.inode(d)?)),
+            None => None,
+        };
+        if dst.as_ref().map(|(d, _)| *d) != involved.get(3).copied() {
+            return Err(StoreError::Busy);
+        }
+        let now = Timestamp::now();
+        let mut dir1 = self.dir_inode(p1)?;
+        let mut dir2 = if p1 == p2 { dir1.clone() } else { self.dir_inode(p2)? };
+        let mut ops = Vec::new();
+        let mut replaced = None;
+        match (mode, dst) {
+            (RenameMode::Exchange, None) => return Err(StoreError::NotFound),
+            (RenameMode::Exchange, Some((d, mut d_inode))) => {
+                if d == src {
+                    return Ok(None);
+                }
+                let c1 = take_cookie(&mut dir1, &mut dir2, p1 == p2, true);
+                let c2 = take_cookie(&mut dir1, &mut dir2, p1 == p2, false);
+                ops.push(Op::PutDirent { parent: p1, name: n1.to_vec(), ino: d, kind: d_inode.kind, cookie: c1 });
+                ops.push(Op::PutDirent { parent: p2, name: n2.to_vec(), ino: src, kind: src_inode.kind, cookie: c2 });
+                if p1 != p2 {
+                    let src_dir = (src_inode.kind == Kind::Dir) as i64;
+                    let dst_dir = (d_inode.kind == Kind::Dir) as i64;
+                    dir1.nlink = (dir1.nlink as i64 - src_dir + dst_dir) as u32;
+                    dir2.nlink = (dir2.nlink as i64 - dst_dir + src_dir) as u32;
+                }
+                d_inode.ctime = now;
+                ops.push(Op::PutInode { ino: d, inode: d_inode });
+            }
+            (RenameMode::NoReplace, Some(_)) => return Err(StoreError::Exists),
+            (_, dst) => {
+                if let Some((d, mut d_inode)) = dst {
+                    if d == src {
+                        return Ok(None);
+                    }
+                    match (src_inode.kind == Kind::Dir, d_inode.kind == Kind::Dir) {
+                        (true, false) => return Err(StoreError::NotDir),
+                        (false, true) => return Err(StoreError::IsDir),
+                        (true, true) if !self.index.dir_is_empty(d)? => return Err(StoreError::NotEmpty),
+                        _ => {}
+                    }
+                    if d_inode.kind == Kind::Dir {
+                        dir2.nlink = dir2.nlink.saturating_sub(1);
+                        ops.push(Op::DelInode { ino: d });
+                    } else {
+                        d_inode.nlink = d_inode.nlink.saturating_sub(1);
+                        d_inode.ctime = now;
+                        ops.push(release_inode(d, d_inode));
+                    }
+                    replaced = Some(d);
+                }
+                let cookie = take_cookie(&mut dir1, &mut dir2, p1 == p2, false);
+                ops.insert(0, Op::DelDirent { parent: p1, name: n1.to_vec() });
+                ops.insert(1, Op::PutDirent { parent: p2, name: n2.to_vec(), ino: src, kind: src_inode.kind, cookie });
+                if src_inode.kind == Kind::Dir && p1 != p2 {
+                    dir1.nlink = dir1.nlink.saturating_sub(1);
+                    dir2.nlink += 1;
+                }
+            }
+        }
+        src_inode.ctime = now;
+        dir1.mtime = now;
+        dir1.ctime = now;
+        dir2.mtime = now;
+        dir2.ctime = now;
+        ops.push(Op::PutInode { ino: src, inode: src_inode });
+        if p1 == p2 {
+            // Both images describe the same directory; keep the one with all updates.
+            dir1.nlink = dir2.nlink;
+            dir1.next_cookie = dir1.next_cookie.max(dir2.next_cookie);
+            ops.push(Op::PutInode { ino: p1, inode: dir1 });
+        } else {
+            ops.push(Op::PutInode { ino: p1, inode: dir1 });
+            ops.push(Op::PutInode { ino: p2, inode: dir2 });
+        }
+        self.mutate(ops)?;
+        Ok(replaced)
+    }
+
+    pub fn set_attrs(&self, ino: Ino, change: &SetAttrs) -> StoreResult<Inode> {
+        let _locks = self.lock_inodes(&[ino]);
+        let mut inode = self.inode(ino)?;
+        if let Some(p) = change.perm {
+            inode.perm = p & 0o7777;
+        }
+        if let Some(u) = change.uid {
+            inode.uid = u;
+        }
+        if let Some(g) = change.gid {
+            inode.gid = g;
+        }
+        if let Some(t) = change.atime {
+            inode.atime = t;
+        }
+        if let Some(t) = change.mtime {
+            inode.mtime = t;
+        }
+        inode.ctime = change.ctime.unwrap_or_else(Timestamp::now);
+        self.mutate(vec![Op::PutInode { ino, inode: inode.clone() }])?;
+        Ok(inode)
+    }
+
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<Vec<u8>> {
+        self.inode(ino)?;
+        self.index.xattr(ino, name)?.ok_or(StoreError::NoAttribute)
+    }
+
+    pub fn xattr_names(&self, ino: Ino) -> StoreResult<Vec<Vec<u8>>> {
+        self.inode(ino)?;
+        self.index.xattr_names(ino)
+    }
+
+    pub fn set_xattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> StoreResult<()> {
+        if name.is_empty() || name.len() > XATTR_NAME_BYTES_MAX {
+            return Err(StoreError::InvalidArgument);
+        }
+        if value.len() > XATTR_VALUE_BYTES_MAX {
+            return Err(StoreError::AttributeTooBig);
+        }
+        let _locks = self.lock_inodes(&[ino]);
+        let mut inode = self.inode(ino)?;
+        let exists = self.index.xattr(ino, name)?.is_some();
+        match (mode, exists) {
+            (XattrMode::Create, true) => return Err(StoreError::Exists),
+            (XattrMode::Replace, false) => return Err(StoreError::NoAttribute),
+            _ => {}
+        }
+        inode.ctime = Timestamp::now();
+        self.mutate(vec![
+            Op::PutXattr { ino, name: name.to_vec(), value: value.to_vec() },
+            Op::PutInode { ino, inode },
+        ])?;
+        Ok(())
+    }
+
+    pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<()> {
+        let _locks = self.lock_inodes(&[ino]);
+        let mut inode = self.inode(ino)?;
+        if self.index.xattr(ino, name)?.is_none() {
+            return Err(StoreError::NoAttribute);
+        }
+        inode.ctime = Timestamp::now();
+        self.mutate(vec![Op::DelXattr { ino, name: name.to_vec() }, Op::PutInode { ino, inode }])?;
+        Ok(())
+    }
+
+    /// The current generation of a regular file: its number and manifest (gen 0 is empty).
+    pub fn current_generation(&self, ino: Ino) -> StoreResult<(u64, Arc<Manifest>)> {
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::File {
+            return Err(StoreError::InvalidArgument);
+        }
+        Ok((inode.gen, Arc::new(self.generation(ino, inode.gen)?)))
+    }
+
+    pub fn generation(&self, ino: Ino, gen: u64) -> StoreResult<Manifest> {
+        if gen == 0 {
+            return Ok(Manifest::empty());
+        }
+        self.index.generation(ino, gen)?.ok_or_else(|| {
+            StoreError::Corrupted(format!("generation {gen} of inode {ino} is missing from the index"))
+        })
+    }
+
+    pub fn generations(&self, ino: Ino) -> StoreResult<Vec<(u64, Manifest)>> {
+        self.index.generations(ino)
+    }
+
+    pub fn read(&self, manifest: &Manifest, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
+        self.chunks.read(manifest, offset, size)
+    }
+
+    /// A new draft of `ino` on top of its current generation.
+    pub fn new_draft(&self, ino: Ino) -> StoreResult<Draft> {
+        let (gen, manifest) = self.current_generation(ino)?;
+        Ok(Draft::new(ino, gen, &manifest, self.root.join("staging")))
+    }
+
+    /// statvfs of the filesystem that holds the store.
+    pub fn statfs(&self) -> StoreResult<libc::statvfs> {
+        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| StoreError::InvalidArgument)?;
+        // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(StoreError::io("statvfs", std::io::Error::last_os_error()));
+        }
+        Ok(st)
+    }
+
+    pub fn inode_count(&self) -> u64 {
+        self.next_ino.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.sync().and_then(|_| self.checkpoint()) {
+            tracing::error!("checkpoint at close failed (the journal still holds everything): {e}");
+        }
+    }
+}
+
+/// The op that records an inode losing a name: gone entirely if nothing else needs it.
+/// Regular files stay (with nlink 0) so open descriptors and history can still reach them.
+fn release_inode(ino: Ino, inode: Inode) -> Op {
+    if inode.nlink == 0 && inode.kind != Kind::File {
+        Op::DelInode { ino }
+    } else {
+        Op::PutInode { ino, inode }
+    }
+}
+
+/// Allocates a readdir cookie in the source (`first`) or target directory image.
+fn take_cookie(dir1: &mut Inode, dir2: &mut Inode, same: bool, first: bool) -> u64 {
+    if same {
+        let c = dir1.next_cookie.max(dir2.next_cookie);
+        dir1.next_cookie = c + 1;
+        dir2.next_cookie = c + 1;
+        return c;
+    }
+    let dir = if first { dir1 } else { dir2 };
+    let c = dir.next_cookie;
+    dir.next_cookie += 1;
+    c
+}
+
+fn take_lock(store: &Path) -> StoreResult<File> {
+    let path = store.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(StoreError::io(
+                format!("store {} is in use by another genfs daemon (pid {})", store.display(), holder.trim()),
+                err,
+            ));
+        }
+        return Err(StoreError::io(format!("lock {}", path.display()), err));
+    }
+    let _ = file.set_len(0);
+    let _ = std::os::unix::fs::FileExt::write_all_at(&file, std::process::id().to_string().as_bytes(), 0);
+    Ok(file)
+}
+
+fn clear_dir(dir: &Path) -> StoreResult<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
+        std::fs::remove_file(entry.path()).map_err(io_err(format!("remove {}", entry.path().display())))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// fsyncs every file and directory below `dir` (sled's files at a checkpoint).
+fn sync_tree(io: &dyn StoreIo, dir: &Path) -> StoreResult<()> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;
+        let path = entry.path();
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            sync_tree(io, &path)?;
+        } else {
+            io.sync_dir(&path).map_err(io_err(format!("fsync {}", path.display())))?;
+        }
+    }
+    io.sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Store unit tests: no FUSE; faults injected through `io::FaultyIo`.
