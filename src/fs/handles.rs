@@ -1,0 +1,133 @@
+//! Open handles, and the per-file state writers share.
+//!
+//! A read-only handle pins one generation's manifest for its whole life (G2). All writable
+//! handles of a file share one [`OpenFile`] and its draft, so cooperating writers see each
+//! other's writes at once. A draft whose commit failed is never committed again (G5): a new
+//! writer gets a fresh draft (a new epoch) and the handles of the failed epoch answer EIO.
+
+use crate::store::records::{Ino, Manifest};
+use crate::store::{Draft, Store, StoreResult};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct DraftSlot {
+    pub draft: Draft,
+    pub epoch: u64,
+}
+
+pub struct OpenFile {
+    pub ino: Ino,
+    pub slot: Mutex<DraftSlot>,
+    writers: AtomicU64,
+}
+
+pub struct Writer {
+    pub file: Arc<OpenFile>,
+    pub epoch: u64,
+    pub append: bool,
+    /// Changed through this handle since its last commit.
+    pub dirty: AtomicBool,
+    /// Thread that opened it: an O_TRUNC arrives later as a handle-less SETATTR from it.
+    pub opener_tid: u32,
+}
+
+pub enum HandleKind {
+    Reader(Arc<Manifest>),
+    Writer(Writer),
+}
+
+pub struct Handle {
+    pub nodeid: u64,
+    pub ino: Ino,
+    pub kind: HandleKind,
+}
+
+impl Handle {
+    pub fn writer(&self) -> Option<&Writer> {
+        match &self.kind {
+            HandleKind::Writer(w) => Some(w),
+            HandleKind::Reader(_) => None,
+        }
+    }
+}
+
+pub struct Handles {
+    next: AtomicU64,
+    map: RwLock<HashMap<u64, Arc<Handle>>>,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles { next: AtomicU64::new(1), map: RwLock::new(HashMap::new()) }
+    }
+}
+
+impl Handles {
+    pub fn insert(&self, handle: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.write().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map.read().get(&fh).cloned()
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map.write().remove(&fh)
+    }
+
+    /// The newest writable handle on `nodeid` opened by thread `tid`.
+    pub fn writer_opened_by(&self, nodeid: u64, tid: u32) -> Option<Arc<Handle>> {
+        let map = self.map.read();
+        map.iter()
+            .filter(|(_, h)| h.nodeid == nodeid && h.writer().is_some_and(|w| w.opener_tid == tid))
+            .max_by_key(|(fh, _)| **fh)
+            .map(|(_, h)| h.clone())
+    }
+}
+
+#[derive(Default)]
+pub struct OpenFiles {
+    map: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+}
+
+impl OpenFiles {
+    /// Joins (or starts) the file's shared draft; returns it and the epoch joined.
+    pub fn join(&self, store: &Store, ino: Ino) -> StoreResult<(Arc<OpenFile>, u64)> {
+        let mut map = self.map.lock();
+        if let Some(file) = map.get(&ino) {
+            let mut slot = file.slot.lock();
+            if slot.draft.failed {
+                slot.draft = store.new_draft(ino)?;
+                slot.epoch += 1;
+            }
+            file.writers.fetch_add(1, Ordering::SeqCst);
+            return Ok((file.clone(), slot.epoch));
+        }
+        let file = Arc::new(OpenFile {
+            ino,
+            slot: Mutex::new(DraftSlot { draft: store.new_draft(ino)?, epoch: 1 }),
+            writers: AtomicU64::new(1),
+        });
+        map.insert(ino, file.clone());
+        Ok((file, 1))
+    }
+
+    /// A writer left; returns the file if it was the last one (its draft is then dropped).
+    pub fn leave(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        let mut map = self.map.lock();
+        let last = map.get(&ino).is_some_and(|f| f.writers.fetch_sub(1, Ordering::SeqCst) == 1);
+        if last {
+            map.remove(&ino)
+        } else {
+            None
+        }
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.map.lock().get(&ino).cloned()
+    }
+}

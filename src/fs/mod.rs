@@ -1,0 +1,910 @@
+//! The fuser `Filesystem`: unpacks requests, calls the store, replies. Node ids and kernel
+//! caching live in `nodes`, open handles and shared drafts in `handles`, record locks in `locks`.
+//!
+//! Threading rule (fuse-mechanics §2.4): request threads never send kernel notifications. Work
+//! that must invalidate kernel entries (every commit) runs on a commit worker that owns the
+//! reply: it commits durably, sends `inval_entry` for every name of the file, then replies.
+
+mod attr;
+mod handles;
+mod locks;
+pub mod nodes;
+
+use crate::store::records::{Ino, Inode, Kind, Timestamp, ROOT_INO};
+use crate::store::{NewNode, RenameMode, SetAttrs, Store, StoreError, StoreResult, XattrMode};
+use attr::{kind_from_mode, to_attr};
+use crossbeam_channel::{Receiver, Sender};
+use fuser::{
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use handles::{Handle, HandleKind, Handles, OpenFiles, Writer};
+use locks::{Lock, Locks};
+use nodes::{Nodes, Redirect};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+/// Kernel entry and attribute cache lifetime. Long, because genfs invalidates what changes.
+const CACHE_TTL: Duration = Duration::from_secs(3600);
+const COMMIT_WORKERS: usize = 8;
+const WRITE_BYTES_MAX: u32 = 1 << 20;
+/// Namespace changes become durable within this interval even without an fsync.
+const NAMESPACE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY_SYNCS: u32 = 60;
+/// Virtual attributes: answered by genfs, never stored, never listed.
+const XATTR_PREFIX: &[u8] = b"user.genfs.";
+const XATTR_GENERATION: &[u8] = b"user.genfs.generation";
+
+type Job = Box<dyn FnOnce(&Core) + Send>;
+
+/// Everything the request threads and the workers share.
+pub struct Core {
+    store: Store,
+    nodes: Nodes,
+    handles: Handles,
+    files: OpenFiles,
+    locks: Locks,
+    notifier: OnceLock<Notifier>,
+    stopping: AtomicBool,
+}
+
+pub struct GenFs {
+    core: Arc<Core>,
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn errno(e: &StoreError) -> Errno {
+    if e.is_expected() {
+        tracing::trace!("{e}");
+    } else {
+        tracing::error!("{e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn ts(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::Now => Timestamp::now(),
+        TimeOrNow::SpecificTime(t) => Timestamp::from_system(t),
+    }
+}
+
+/// Parent node ids are always directories, whose node id is their inode number.
+fn dir_ino(nodeid: INodeNo) -> StoreResult<Ino> {
+    if Nodes::is_file_node(nodeid.0) {
+        return Err(StoreError::NotDir);
+    }
+    Ok(nodeid.0)
+}
+
+impl GenFs {
+    pub fn new(store: Store) -> GenFs {
+        let core = Arc::new(Core {
+            store,
+            nodes: Nodes::default(),
+            handles: Handles::default(),
+            files: OpenFiles::default(),
+            locks: Locks::default(),
+            notifier: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let mut threads = Vec::new();
+        for i in 0..COMMIT_WORKERS {
+            let (core, rx) = (core.clone(), rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("genfs-commit-{i}"))
+                .spawn(move || worker_loop(&core, &rx));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => tracing::error!("cannot start commit worker: {e}"),
+            }
+        }
+        let sync_core = core.clone();
+        match std::thread::Builder::new().name("genfs-sync".into()).spawn(move || sync_loop(&sync_core)) {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!("cannot start sync thread: {e}"),
+        }
+        GenFs { core, jobs: Some(tx), threads }
+    }
+
+    /// Where the session's notifier goes once the session exists (before requests run).
+    pub fn notifier_slot(&self) -> Arc<Core> {
+        self.core.clone()
+    }
+
+    fn submit(&self, job: impl FnOnce(&Core) + Send + 'static) {
+        match &self.jobs {
+            Some(tx) => {
+                if let Err(e) = tx.send(Box::new(job)) {
+                    // Workers are gone (shutting down); run inline rather than drop the reply.
+                    (e.into_inner())(&self.core);
+                }
+            }
+            None => job(&self.core),
+        }
+    }
+
+    /// Stops the workers and makes everything durable (unmount).
+    pub fn shutdown(&mut self) {
+        self.core.stopping.store(true, Ordering::SeqCst);
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Err(e) = self.core.store.sync().and_then(|_| self.core.store.checkpoint()) {
+            tracing::error!("final checkpoint failed (the journal still holds everything): {e}");
+        }
+    }
+}
+
+impl Core {
+    pub fn set_notifier(&self, n: Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Entry attributes for a name that resolved to `ino`; counts one lookup of its node.
+    fn entry_attr(&self, ino: Ino, inode: &Inode) -> StoreResult<FileAttr> {
+        if inode.kind != Kind::File {
+            return Ok(to_attr(ino, inode, inode.size, inode.mtime));
+        }
+        let manifest = Arc::new(self.store.generation(ino, inode.gen)?);
+        let nodeid = self.nodes.lookup(ino, inode.gen, || manifest);
+        Ok(to_attr(nodeid, inode, inode.size, inode.mtime))
+    }
+
+    fn node_attr(&self, nodeid: u64) -> StoreResult<FileAttr> {
+        if !Nodes::is_file_node(nodeid) {
+            let inode = self.store.inode(nodeid)?;
+            return Ok(to_attr(nodeid, &inode, inode.size, inode.mtime));
+        }
+        let node = self.nodes.get(nodeid).ok_or(StoreError::Stale)?;
+        let inode = self.store.inode(node.ino)?;
+        if node.tainted {
+            if let Some(file) = self.files.get(node.ino) {
+                let slot = file.slot.lock();
+                let mtime = if slot.draft.dirty { slot.draft.mtime } else { inode.mtime };
+                return Ok(to_attr(nodeid, &inode, slot.draft.size, mtime));
+            }
+        }
+        if node.gen == inode.gen || node.tainted {
+            return Ok(to_attr(nodeid, &inode, inode.size, inode.mtime));
+        }
+        Ok(to_attr(nodeid, &inode, node.manifest.size, node.manifest.mtime))
+    }
+
+    fn ino_of(&self, nodeid: u64) -> StoreResult<Ino> {
+        if Nodes::is_file_node(nodeid) {
+            return self.nodes.get(nodeid).map(|n| n.ino).ok_or(StoreError::Stale);
+        }
+        Ok(nodeid)
+    }
+
+    /// Invalidates every name of `ino` in the kernel. Workers only.
+    fn invalidate_names(&self, ino: Ino) {
+        let Some(notifier) = self.notifier.get() else { return };
+        match self.store.names_of(ino) {
+            Ok(names) => {
+                for (parent, name) in names {
+                    if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name)) {
+                        tracing::debug!("inval_entry({parent}, {:?}): {e}", OsStr::from_bytes(&name));
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot list names of inode {ino}: {e}"),
+        }
+    }
+
+    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, mut node: NewNode) -> StoreResult<(Ino, FileAttr)> {
+        let parent = dir_ino(parent)?;
+        let dir = self.store.inode(parent)?;
+        node.uid = req.uid();
+        node.gid = req.gid();
+        if dir.perm & libc::S_ISGID as u16 != 0 {
+            // BSD group semantics of setgid directories.
+            node.gid = dir.gid;
+            if node.kind == Kind::Dir {
+                node.perm |= libc::S_ISGID as u16;
+            }
+        }
+        let (ino, inode) = self.store.create(parent, name.as_bytes(), &node)?;
+        Ok((ino, self.entry_attr(ino, &inode)?))
+    }
+
+    /// Commits the shared draft behind a writable handle. `force`: commit even if the
+    /// change came through another handle (fsync).
+    fn commit_handle(&self, handle: &Handle, force: bool) -> StoreResult<()> {
+        let Some(w) = handle.writer() else {
+            return self.store.sync();
+        };
+        let mut slot = w.file.slot.lock();
+        if slot.epoch != w.epoch || slot.draft.failed {
+            return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        let changed = w.dirty.swap(false, Ordering::SeqCst);
+        if !(changed || force) || !slot.draft.dirty {
+            return if force { self.store.sync() } else { Ok(()) };
+        }
+        self.store.commit(&mut slot.draft)?;
+        drop(slot);
+        self.invalidate_names(handle.ino);
+        Ok(())
+    }
+
+    /// A truncate by path (no writable handle of the caller): commits a new generation.
+    fn truncate_path(&self, ino: Ino, size: u64) -> StoreResult<()> {
+        if let Some(file) = self.files.get(ino) {
+            let mut slot = file.slot.lock();
+            if slot.draft.size != size {
+                slot.draft.truncate(size, self.store.chunks())?;
+                self.store.commit(&mut slot.draft)?;
+            }
+        } else {
+            let mut draft = self.store.new_draft(ino)?;
+            if draft.size == size {
+                return Ok(());
+            }
+            draft.truncate(size, self.store.chunks())?;
+            self.store.commit(&mut draft)?;
+        }
+        self.invalidate_names(ino);
+        Ok(())
+    }
+
+    fn write_handle(&self, fh: u64, offset: u64, data: &[u8]) -> StoreResult<u32> {
+        let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
+        let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
+        self.store.check_writable()?;
+        let mut slot = w.file.slot.lock();
+        if slot.epoch != w.epoch || slot.draft.failed {
+            return Err(StoreError::io("write", std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        let offset = if w.append { slot.draft.size } else { offset };
+        slot.draft.write(offset, data, self.store.chunks())?;
+        w.dirty.store(true, Ordering::SeqCst);
+        Ok(data.len() as u32)
+    }
+
+    fn read_handle(&self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
+        let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
+        match &handle.kind {
+            HandleKind::Reader(m) => self.store.read(m, offset, size),
+            HandleKind::Writer(w) => w.file.slot.lock().draft.read(offset, size, self.store.chunks()),
+        }
+    }
+
+    fn open_file(&self, req: &Request, nodeid: u64, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
+        if !Nodes::is_file_node(nodeid) {
+            return Err(Errno::EISDIR);
+        }
+        if flags.acc_mode() == OpenAccMode::O_RDONLY {
+            let node = self.nodes.open_reader(nodeid).map_err(|Redirect| Errno::ESTALE)?;
+            let fh = self.handles.insert(Handle { nodeid, ino: node.ino, kind: HandleKind::Reader(node.manifest) });
+            return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
+        }
+        self.store.check_writable().map_err(|e| errno(&e))?;
+        let node = self.nodes.open_writer(nodeid).map_err(|Redirect| Errno::ESTALE)?;
+        let joined = self.files.join(&self.store, node.ino);
+        let (file, epoch) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                self.nodes.close(nodeid, true);
+                return Err(errno(&e));
+            }
+        };
+        let writer = Writer {
+            file,
+            epoch,
+            append: flags.0 & libc::O_APPEND != 0,
+            dirty: AtomicBool::new(false),
+            opener_tid: req.pid(),
+        };
+        let fh = self.handles.insert(Handle { nodeid, ino: node.ino, kind: HandleKind::Writer(writer) });
+        Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
+    }
+
+    /// Drops a handle; returns the draft's file if this was its last writer and it holds
+    /// changes that arrived after the last commit (mmap writeback).
+    fn release_handle(&self, fh: u64) -> Option<Arc<handles::OpenFile>> {
+        let handle = self.handles.remove(fh)?;
+        let writer = handle.writer().is_some();
+        self.nodes.close(handle.nodeid, writer);
+        if !writer {
+            return None;
+        }
+        let file = self.files.leave(handle.ino)?;
+        let pending = {
+            let slot = file.slot.lock();
+            slot.draft.dirty && !slot.draft.failed
+        };
+        pending.then_some(file)
+    }
+
+    fn xattr_get(&self, nodeid: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
+        let ino = self.ino_of(nodeid)?;
+        if name == XATTR_GENERATION {
+            let inode = self.store.inode(ino)?;
+            if inode.kind != Kind::File {
+                return Err(StoreError::NoAttribute);
+            }
+            return Ok(inode.gen.to_string().into_bytes());
+        }
+        if name.starts_with(XATTR_PREFIX) {
+            return Err(StoreError::NoAttribute);
+        }
+        self.store.xattr(ino, name)
+    }
+}
+
+fn worker_loop(core: &Core, jobs: &Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        job(core);
+    }
+}
+
+fn sync_loop(core: &Core) {
+    let mut ticks = 0u32;
+    let step = Duration::from_millis(100);
+    let mut waited = Duration::ZERO;
+    while !core.stopping.load(Ordering::SeqCst) {
+        std::thread::sleep(step);
+        waited += step;
+        if waited < NAMESPACE_SYNC_INTERVAL {
+            continue;
+        }
+        waited = Duration::ZERO;
+        if core.store.is_failed() {
+            continue;
+        }
+        if let Err(e) = core.store.sync() {
+            tracing::error!("periodic journal sync failed: {e}");
+        }
+        ticks += 1;
+        if ticks % CHECKPOINT_EVERY_SYNCS == 0 {
+            if let Err(e) = core.store.checkpoint() {
+                tracing::error!("checkpoint failed: {e}");
+            }
+        }
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: StoreResult<FileAttr>) {
+    match result {
+        Ok(attr) => reply.entry(&CACHE_TTL, &attr, Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: StoreResult<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, result: StoreResult<Vec<u8>>) {
+    match result {
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(value) => reply.data(&value),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for GenFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+        ] {
+            if let Err(missing) = config.add_capabilities(cap) {
+                tracing::warn!("kernel lacks {missing:?}");
+            }
+        }
+        let _ = config.set_max_write(WRITE_BYTES_MAX);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.shutdown();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let c = &self.core;
+        reply_entry(
+            reply,
+            dir_ino(parent)
+                .and_then(|p| c.store.lookup(p, name.as_bytes()))
+                .and_then(|(ino, inode)| c.entry_attr(ino, &inode)),
+        );
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if Nodes::is_file_node(ino.0) {
+            self.core.nodes.forget(ino.0, nlookup);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.core.node_attr(ino.0) {
+            Ok(attr) => reply.attr(&CACHE_TTL, &attr),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        nodeid: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let c = &self.core;
+        let ino = match c.ino_of(nodeid.0) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mtime = mtime.map(ts);
+        let change = SetAttrs {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            atime: atime.map(ts),
+            mtime,
+            ctime: ctime.map(Timestamp::from_system),
+        };
+        let has_attr_change = change.perm.is_some() || change.uid.is_some() || change.gid.is_some()
+            || change.atime.is_some() || (change.mtime.is_some() && size.is_none());
+        if has_attr_change {
+            if let Err(e) = c.store.set_attrs(ino, &change) {
+                return reply.error(errno(&e));
+            }
+            if let (Some(t), Some(file)) = (mtime, c.files.get(ino)) {
+                // A writer's explicit mtime (cp -p, tar) must survive its own commit.
+                file.slot.lock().draft.mtime = t;
+            }
+        }
+        let Some(size) = size else {
+            return match c.node_attr(nodeid.0) {
+                Ok(attr) => reply.attr(&CACHE_TTL, &attr),
+                Err(e) => reply.error(errno(&e)),
+            };
+        };
+        if !Nodes::is_file_node(nodeid.0) {
+            return reply.error(Errno::EISDIR);
+        }
+        let writer = fh
+            .and_then(|fh| c.handles.get(fh.0))
+            .filter(|h| h.writer().is_some())
+            .or_else(|| c.handles.writer_opened_by(nodeid.0, req.pid()));
+        if let Some(handle) = writer {
+            // With a handle it is ftruncate; without, it is the O_TRUNC of the caller's open,
+            // which must not become a generation of its own: bash's `echo x > f` opens, dups
+            // and closes the first descriptor (a FLUSH) before it writes.
+            let from_open = fh.is_none();
+            let result = truncate_draft(c, &handle, size, from_open).and_then(|_| c.node_attr(nodeid.0));
+            return match result {
+                Ok(attr) => reply.attr(&CACHE_TTL, &attr),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        let nodeid = nodeid.0;
+        self.submit(move |c| match c.truncate_path(ino, size).and_then(|_| c.node_attr(nodeid)) {
+            Ok(attr) => reply.attr(&CACHE_TTL, &attr),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.core.store.inode(ino.0) {
+            Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let Some(kind) = kind_from_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let node = NewNode { kind, perm: (mode & 0o7777) as u16, uid: 0, gid: 0, rdev, target: vec![] };
+        reply_entry(reply, self.core.make(req, parent, name, node).map(|(_, a)| a));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let node = NewNode { kind: Kind::Dir, perm: (mode & 0o7777) as u16, uid: 0, gid: 0, rdev: 0, target: vec![] };
+        reply_entry(reply, self.core.make(req, parent, name, node).map(|(_, a)| a));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = &self.core;
+        reply_empty(reply, dir_ino(parent).and_then(|p| c.store.unlink(p, name.as_bytes())).map(|_| ()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let c = &self.core;
+        reply_empty(reply, dir_ino(parent).and_then(|p| c.store.rmdir(p, name.as_bytes())).map(|_| ()));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes().to_vec();
+        let node = NewNode { kind: Kind::Symlink, perm: 0o777, uid: 0, gid: 0, rdev: 0, target };
+        reply_entry(reply, self.core.make(req, parent, link_name, node).map(|(_, a)| a));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        let c = &self.core;
+        let result = dir_ino(parent).and_then(|p1| {
+            let p2 = dir_ino(newparent)?;
+            c.store.rename(p1, name.as_bytes(), p2, newname.as_bytes(), mode).map(|_| ())
+        });
+        reply_empty(reply, result);
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let c = &self.core;
+        let result = c.ino_of(ino.0).and_then(|ino| {
+            let parent = dir_ino(newparent)?;
+            let inode = c.store.link(ino, parent, newname.as_bytes())?;
+            c.entry_attr(ino, &inode)
+        });
+        reply_entry(reply, result);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.open_file(req, ino.0, flags) {
+            Ok((fh, open_flags)) => {
+                if open_flags.contains(FopenFlags::FOPEN_DIRECT_IO) {
+                    // The node is now the writers' own: send later path walks to a fresh one.
+                    let ino = self.core.ino_of(ino.0).unwrap_or(0);
+                    self.submit(move |c| c.invalidate_names(ino));
+                }
+                reply.opened(FileHandle(fh), open_flags)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.core.read_handle(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.write_handle(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        let Some(handle) = self.core.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        // close() drops the closing process's record locks on the file.
+        self.core.locks.release_owner(handle.ino, lock_owner.0);
+        let dirty = handle.writer().is_some_and(|w| w.dirty.load(Ordering::SeqCst));
+        if !dirty {
+            return reply.ok();
+        }
+        self.submit(move |c| reply_empty(reply, c.commit_handle(&handle, false)));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(file) = self.core.release_handle(fh.0) else {
+            return reply.ok();
+        };
+        // Writes that reached the draft after the last flush (a shared mapping written back
+        // after close): commit them rather than lose them. The error cannot reach anyone.
+        self.submit(move |c| {
+            let mut slot = file.slot.lock();
+            match c.store.commit(&mut slot.draft) {
+                Ok(_) => {
+                    drop(slot);
+                    c.invalidate_names(file.ino);
+                }
+                Err(e) => tracing::error!("commit at release of inode {} failed: {e}", file.ino),
+            }
+            reply.ok();
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let Some(handle) = self.core.handles.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        self.submit(move |c| reply_empty(reply, c.commit_handle(&handle, true)));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.store.inode(ino.0) {
+            Ok(inode) if inode.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let c = &self.core;
+        let dir = ino.0;
+        if offset < 1 && reply.add(INodeNo(dir), 1, fuser::FileType::Directory, ".") {
+            return reply.ok();
+        }
+        if offset < 2 {
+            let parent = if dir == ROOT_INO { ROOT_INO } else { c.store.parent_of(dir).unwrap_or(ROOT_INO) };
+            if reply.add(INodeNo(parent), 2, fuser::FileType::Directory, "..") {
+                return reply.ok();
+            }
+        }
+        let mut after = offset.max(2);
+        loop {
+            let entries = match c.store.readdir(dir, after, 128) {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            if entries.is_empty() {
+                return reply.ok();
+            }
+            for e in entries {
+                let name = OsStr::from_bytes(&e.name);
+                if reply.add(INodeNo(e.ino), e.cookie, attr::file_type(e.kind), name) {
+                    return reply.ok();
+                }
+                after = e.cookie;
+            }
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.submit(move |c| reply_empty(reply, c.store.sync()));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.core.store.statfs() {
+            Ok(st) => {
+                let used = self.core.store.inode_count();
+                reply.statfs(
+                    st.f_blocks,
+                    st.f_bfree,
+                    st.f_bavail,
+                    used + st.f_favail,
+                    st.f_favail,
+                    st.f_bsize as u32,
+                    crate::store::NAME_BYTES_MAX as u32,
+                    st.f_frsize as u32,
+                )
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = name.as_bytes();
+        if name.starts_with(XATTR_PREFIX) {
+            return reply.error(Errno::EPERM);
+        }
+        let mode = match flags {
+            0 => XattrMode::Any,
+            libc::XATTR_CREATE => XattrMode::Create,
+            libc::XATTR_REPLACE => XattrMode::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let c = &self.core;
+        reply_empty(reply, c.ino_of(ino.0).and_then(|i| c.store.set_xattr(i, name, value, mode)));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.core.xattr_get(ino.0, name.as_bytes()));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let c = &self.core;
+        let list = c.ino_of(ino.0).and_then(|i| c.store.xattr_names(i)).map(|names| {
+            let mut out = Vec::new();
+            for n in names.iter().filter(|n| !n.starts_with(XATTR_PREFIX)) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+            out
+        });
+        reply_xattr(reply, size, list);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes();
+        if name.starts_with(XATTR_PREFIX) {
+            return reply.error(Errno::EPERM);
+        }
+        let c = &self.core;
+        reply_empty(reply, c.ino_of(ino.0).and_then(|i| c.store.remove_xattr(i, name)));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        let c = &self.core;
+        let node = NewNode { kind: Kind::File, perm: (mode & 0o7777) as u16, uid: 0, gid: 0, rdev: 0, target: vec![] };
+        let (ino, attr) = match c.make(req, parent, name, node) {
+            Ok(made) => made,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match c.open_file(req, attr.ino.0, OpenFlags(flags)) {
+            Ok((fh, open_flags)) => reply.created(&CACHE_TTL, &attr, Generation(0), FileHandle(fh), open_flags),
+            Err(e) => {
+                tracing::error!("open of new file inode {ino} failed: {e:?}");
+                reply.error(e)
+            }
+        }
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let c = &self.core;
+        let file = match c.ino_of(ino.0) {
+            Ok(i) => i,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let want = Lock { owner: lock_owner.0, pid, start, end, typ };
+        match c.locks.test(file, &want) {
+            Some(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+            None => reply.locked(start, end, libc::F_UNLCK, pid),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let c = &self.core;
+        match c.ino_of(ino.0) {
+            Ok(file) => c.locks.set(file, Lock { owner: lock_owner.0, pid, start, end, typ }, sleep, reply),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        if mode != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let c = &self.core;
+        let result = (|| {
+            let handle = c.handles.get(fh.0).ok_or(StoreError::InvalidArgument)?;
+            let end = offset.checked_add(length).ok_or(StoreError::FileTooBig)?;
+            let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
+            let mut slot = w.file.slot.lock();
+            if end > slot.draft.size {
+                slot.draft.truncate(end, c.store.chunks())?;
+                w.dirty.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        })();
+        reply_empty(reply, result);
+    }
+}
+
+/// Truncates the shared draft. `from_open`: an O_TRUNC, committed with the writes that follow
+/// or, if none come, when the last writer releases the file.
+fn truncate_draft(c: &Core, handle: &Handle, size: u64, from_open: bool) -> StoreResult<()> {
+    let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
+    c.store.check_writable()?;
+    let mut slot = w.file.slot.lock();
+    if slot.epoch != w.epoch || slot.draft.failed {
+        return Err(StoreError::io("truncate", std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+    if slot.draft.size == size {
+        // Nothing changes but the times (O_TRUNC of an empty file).
+        drop(slot);
+        let now = Some(Timestamp::now());
+        c.store.set_attrs(handle.ino, &SetAttrs { mtime: now, ..Default::default() })?;
+        return Ok(());
+    }
+    slot.draft.truncate(size, c.store.chunks())?;
+    if !from_open {
+        w.dirty.store(true, Ordering::SeqCst);
+    }
+    Ok(())
+}
