@@ -154,13 +154,14 @@ impl Core {
         &self.store
     }
 
-    /// Entry attributes for a name that resolved to `ino`; counts one lookup of its node.
-    fn entry_attr(&self, ino: Ino, inode: &Inode) -> StoreResult<FileAttr> {
+    /// Entry attributes for a name that resolved to `ino`, looked up by thread `tid`; counts
+    /// one lookup of its node.
+    fn entry_attr(&self, ino: Ino, inode: &Inode, tid: u32) -> StoreResult<FileAttr> {
         if inode.kind != Kind::File {
             return Ok(to_attr(ino, inode, inode.size, inode.mtime));
         }
         let manifest = Arc::new(self.store.generation(ino, inode.gen)?);
-        let nodeid = self.nodes.lookup(ino, inode.gen, || manifest);
+        let nodeid = self.nodes.lookup(ino, inode.gen, tid, manifest);
         Ok(to_attr(nodeid, inode, inode.size, inode.mtime))
     }
 
@@ -171,7 +172,7 @@ impl Core {
         }
         let node = self.nodes.get(nodeid).ok_or(StoreError::Stale)?;
         let inode = self.store.inode(node.ino)?;
-        if node.tainted {
+        if node.tainted && !self.nodes.has_readers(nodeid) {
             if let Some(file) = self.files.get(node.ino) {
                 let slot = file.slot.lock();
                 let mtime = if slot.draft.dirty { slot.draft.mtime } else { inode.mtime };
@@ -219,7 +220,7 @@ impl Core {
             }
         }
         let (ino, inode) = self.store.create(parent, name.as_bytes(), &node)?;
-        Ok((ino, self.entry_attr(ino, &inode)?))
+        Ok((ino, self.entry_attr(ino, &inode, req.pid())?))
     }
 
     /// Commits the shared draft behind a writable handle. `force`: commit even if the
@@ -294,7 +295,7 @@ impl Core {
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
         self.store.check_writable().map_err(|e| errno(&e))?;
-        let node = self.nodes.open_writer(nodeid).map_err(|Redirect| Errno::ESTALE)?;
+        let node = self.nodes.open_writer(nodeid, req.pid()).map_err(|Redirect| Errno::ESTALE)?;
         let joined = self.files.join(&self.store, node.ino);
         let (file, epoch) = match joined {
             Ok(j) => j,
@@ -422,13 +423,13 @@ impl Filesystem for GenFs {
         self.shutdown();
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let c = &self.core;
         reply_entry(
             reply,
             dir_ino(parent)
                 .and_then(|p| c.store.lookup(p, name.as_bytes()))
-                .and_then(|(ino, inode)| c.entry_attr(ino, &inode)),
+                .and_then(|(ino, inode)| c.entry_attr(ino, &inode, req.pid())),
         );
     }
 
@@ -583,12 +584,12 @@ impl Filesystem for GenFs {
         reply_empty(reply, result);
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let c = &self.core;
         let result = c.ino_of(ino.0).and_then(|ino| {
             let parent = dir_ino(newparent)?;
             let inode = c.store.link(ino, parent, newname.as_bytes())?;
-            c.entry_attr(ino, &inode)
+            c.entry_attr(ino, &inode, req.pid())
         });
         reply_entry(reply, result);
     }

@@ -6,12 +6,15 @@
 //! (`FOPEN_KEEP_CACHE`) and a lookup after a commit gets a fresh node.
 //!
 //! Writers get nodes of their own. The kernel inode of a node is shared by everyone who opens
-//! it, and a writer's direct-I/O writes move that inode's i_size (fuse-mechanics §3.2), so a
-//! node never has readers and writers at once:
-//! - a writable open of a node that has open readers retires the node (later lookups get a
-//!   fresh one) and fails with ESTALE, which makes the kernel redo the lookup and the open;
-//! - a node once opened for writing is *tainted*: it is retired, and read-only opens of it fail
-//!   with ESTALE the same way. Its attributes show the writers' draft.
+//! it, and a writer moves that inode's i_size (direct-I/O writes, O_TRUNC), so a node never
+//! has readers and writers at once (fuse-mechanics §3.2):
+//! - a writable open of a node that has open readers fails with ESTALE, which makes the kernel
+//!   look the name up again and retry the open once. The retry's lookups come from the same
+//!   thread, and are answered with a node private to that writer, which no other lookup returns
+//!   (the readers' node leaves the lookup table too);
+//! - a node once opened for writing is *tainted*: it leaves the lookup table, and read-only
+//!   opens of it fail with ESTALE the same way, so readers get a fresh node. Its attributes
+//!   show the writers' draft.
 //!
 //! Kernel contract: every entry reply adds one lookup; FORGET subtracts; a node is dropped
 //! when it has no lookups and no open handles.
@@ -20,6 +23,7 @@ use crate::store::records::{Ino, Manifest};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const FILE_NODE_BASE: u64 = 1 << 62;
 
@@ -36,18 +40,25 @@ struct Node {
     lookups: u64,
     readers: u32,
     writers: u32,
-    /// Made because an earlier node of this generation was retired for a writer: a writer is
-    /// let in even if a reader raced in first (the kernel retries an ESTALE open only once).
-    second_chance: bool,
 }
+
+/// A writer sent back to look the name up again: its thread's lookups of that generation get
+/// `node` (made on the first of them) until it opens it or the redirect expires.
+struct Redirected {
+    node: Option<u64>,
+    since: Instant,
+}
+
+/// The kernel retries at once; anything older is stale.
+const REDIRECT_LIFETIME: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Inner {
     nodes: HashMap<u64, Node>,
     /// The node a lookup of (file, generation) returns, while there is one.
     current: HashMap<(Ino, u64), u64>,
+    redirected: HashMap<(Ino, u64, u32), Redirected>,
     next: u64,
-    retired: std::collections::HashSet<(Ino, u64)>,
 }
 
 pub struct Nodes {
@@ -69,20 +80,28 @@ impl Nodes {
         nodeid >= FILE_NODE_BASE
     }
 
-    /// The node a lookup of this generation returns; counts one lookup.
-    pub fn lookup(&self, ino: Ino, gen: u64, manifest: impl FnOnce() -> Arc<Manifest>) -> u64 {
+    /// The node a lookup of this generation by thread `tid` returns; counts one lookup.
+    pub fn lookup(&self, ino: Ino, gen: u64, tid: u32, manifest: Arc<Manifest>) -> u64 {
         let mut inner = self.inner.lock();
+        inner.redirected.retain(|_, r| r.since.elapsed() < REDIRECT_LIFETIME);
+        if let Some(r) = inner.redirected.get(&(ino, gen, tid)) {
+            if let Some(id) = r.node.filter(|id| inner.nodes.contains_key(id)) {
+                inner.bump(id);
+                return id;
+            }
+            let id = inner.insert(ino, gen, manifest);
+            if let Some(r) = inner.redirected.get_mut(&(ino, gen, tid)) {
+                r.node = Some(id);
+            }
+            return id;
+        }
         if let Some(&id) = inner.current.get(&(ino, gen)) {
-            if let Some(node) = inner.nodes.get_mut(&id) {
-                node.lookups += 1;
+            if inner.nodes.contains_key(&id) {
+                inner.bump(id);
                 return id;
             }
         }
-        let id = inner.next;
-        inner.next += 1;
-        let second_chance = inner.retired.remove(&(ino, gen));
-        let file = FileNode { ino, gen, manifest: manifest(), tainted: false };
-        inner.nodes.insert(id, Node { file, lookups: 1, readers: 0, writers: 0, second_chance });
+        let id = inner.insert(ino, gen, manifest);
         inner.current.insert((ino, gen), id);
         id
     }
@@ -109,19 +128,36 @@ impl Nodes {
         Ok(node.file.clone())
     }
 
-    pub fn open_writer(&self, nodeid: u64) -> Result<FileNode, Redirect> {
+    pub fn open_writer(&self, nodeid: u64, tid: u32) -> Result<FileNode, Redirect> {
         let mut inner = self.inner.lock();
-        let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
-        let key = (node.file.ino, node.file.gen);
-        if node.readers > 0 && !node.second_chance && !node.file.tainted {
-            inner.retire(nodeid, key);
+        let node = inner.nodes.get(&nodeid).ok_or(Redirect)?;
+        let (ino, gen, readers) = (node.file.ino, node.file.gen, node.readers);
+        let retry = inner.redirected.contains_key(&(ino, gen, tid));
+        if readers > 0 && !retry {
+            let since = Instant::now();
+            inner.redirected.insert((ino, gen, tid), Redirected { node: None, since });
+            // Readers looking the name up meanwhile get a fresh node too.
+            if inner.current.get(&(ino, gen)) == Some(&nodeid) {
+                inner.current.remove(&(ino, gen));
+            }
             return Err(Redirect);
         }
+        // On the retry a reader may still have raced onto this node (the kernel shares a
+        // lookup in flight between threads and retries only once): the writer is let in,
+        // and the node keeps reporting its generation's attributes while readers remain.
+        let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
         node.writers += 1;
         node.file.tainted = true;
         let file = node.file.clone();
-        inner.retire(nodeid, key);
+        if inner.current.get(&(ino, gen)) == Some(&nodeid) {
+            inner.current.remove(&(ino, gen));
+        }
+        inner.redirected.remove(&(ino, gen, tid));
         Ok(file)
+    }
+
+    pub fn has_readers(&self, nodeid: u64) -> bool {
+        self.inner.lock().nodes.get(&nodeid).is_some_and(|n| n.readers > 0)
     }
 
     pub fn close(&self, nodeid: u64, writer: bool) {
@@ -157,10 +193,17 @@ impl Nodes {
 }
 
 impl Inner {
-    fn retire(&mut self, nodeid: u64, key: (Ino, u64)) {
-        if self.current.get(&key) == Some(&nodeid) {
-            self.current.remove(&key);
-            self.retired.insert(key);
+    fn insert(&mut self, ino: Ino, gen: u64, manifest: Arc<Manifest>) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        let file = FileNode { ino, gen, manifest, tainted: false };
+        self.nodes.insert(id, Node { file, lookups: 1, readers: 0, writers: 0 });
+        id
+    }
+
+    fn bump(&mut self, id: u64) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.lookups += 1;
         }
     }
 
@@ -171,9 +214,6 @@ impl Inner {
                 let key = (node.file.ino, node.file.gen);
                 if self.current.get(&key) == Some(&nodeid) {
                     self.current.remove(&key);
-                } else if node.file.tainted || node.writers > 0 {
-                    // Its retry (if any) is long done.
-                    self.retired.remove(&key);
                 }
             }
         }

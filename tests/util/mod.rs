@@ -1,0 +1,203 @@
+//! Shared test machinery: a real genfs mount per test, cleaned up even when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn genfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_genfs")
+}
+
+/// Seed for randomized tests: GENFS_TEST_SEED or the clock; printed so a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("GENFS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ now_nanos());
+    eprintln!("{test}: GENFS_TEST_SEED={seed}");
+    seed
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// xorshift64*: small, seeded, good enough for workloads.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let mnt = mnt.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*mnt))
+}
+
+fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// A store and a mounted genfs daemon (foreground child, so we own its PID). Dropping it
+/// unmounts and reaps the daemon; a dead mount is detached with `umount -l`.
+pub struct Mounted {
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    daemon: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    pub fn new(test: &str) -> Mounted {
+        Self::with_mkfs_args(test, &[])
+    }
+
+    pub fn with_mkfs_args(test: &str, mkfs_args: &[&str]) -> Mounted {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("genfs-{test}-"))
+            .tempdir()
+            .expect("temp dir");
+        let store = dir.path().join("store");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        let out = Command::new(genfs_bin()).arg("mkfs").arg(&store).args(mkfs_args).output().expect("run mkfs");
+        assert!(out.status.success(), "mkfs failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut m = Mounted { store, mnt, daemon: None, _dir: dir };
+        m.mount();
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn mount(&mut self) {
+        assert!(self.daemon.is_none(), "already mounted");
+        let log = std::fs::File::create(self.store.with_extension("log")).expect("log file");
+        let child = Command::new(genfs_bin())
+            .arg("mount")
+            .arg(&self.store)
+            .arg(&self.mnt)
+            .args(["-f", "-o", "allow_other"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn genfs mount");
+        self.daemon = Some(child);
+        let mnt = self.mnt.clone();
+        if !wait_until(Duration::from_secs(20), || is_mounted(&mnt)) {
+            let log = std::fs::read_to_string(self.store.with_extension("log")).unwrap_or_default();
+            self.cleanup();
+            panic!("genfs did not mount within 20 s; daemon log:\n{log}");
+        }
+    }
+
+    /// Clean unmount; waits for the daemon to exit and checks it exited 0.
+    pub fn unmount(&mut self) {
+        let status = Command::new("umount").arg(&self.mnt).status().expect("run umount");
+        assert!(status.success(), "umount {} failed", self.mnt.display());
+        let mut child = self.daemon.take().expect("daemon");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().expect("wait daemon") {
+                assert!(st.success(), "daemon exited with {st}");
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not exit within 30 s of umount");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// SIGKILL the daemon (a crash of the process, not of the machine). The dead mount stays
+    /// (every access fails with ENOTCONN) until [`Mounted::detach`].
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Detaches a dead mount.
+    pub fn detach(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        assert!(wait_until(Duration::from_secs(10), || !is_mounted(&self.mnt)));
+    }
+
+    fn cleanup(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg(&self.mnt).stderr(Stdio::null()).status();
+        }
+        if let Some(mut child) = self.daemon.take() {
+            if !wait_until(Duration::from_secs(10), || matches!(child.try_wait(), Ok(Some(_)))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Runs a shell command, returns (exit ok, stdout).
+pub fn sh(cmd: &str) -> (bool, String) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn getfattr(path: &Path, name: &str) -> Option<String> {
+    xattr::get(path, name).ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// Writes a whole file and closes it, reporting the error of close(2): that is where genfs
+/// reports a failed commit (std's `File` drop ignores it).
+pub fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` came from into_raw_fd and is closed exactly once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
