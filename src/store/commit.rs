@@ -22,7 +22,10 @@ impl Store {
     /// Commits the draft as the file's next generation and returns the new inode image.
     pub fn commit(&self, draft: &mut Draft) -> StoreResult<Inode> {
         if draft.failed {
-            return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
+            return Err(StoreError::io(
+                "commit",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
         }
         self.check_writable()?;
         let result = self.commit_inner(draft);
@@ -58,10 +61,23 @@ impl Store {
         inode.mtime = draft.mtime;
         inode.ctime = now;
         let record = self.journal.append(|seq| {
-            let manifest = Manifest { size: draft.size, mtime: draft.mtime, chunks, seq, committed: now };
+            let manifest = Manifest {
+                size: draft.size,
+                mtime: draft.mtime,
+                chunks,
+                seq,
+                committed: now,
+            };
             vec![
-                Op::PutGeneration { ino: draft.ino, gen, manifest },
-                Op::PutInode { ino: draft.ino, inode: inode.clone() },
+                Op::PutGeneration {
+                    ino: draft.ino,
+                    gen,
+                    manifest,
+                },
+                Op::PutInode {
+                    ino: draft.ino,
+                    inode: inode.clone(),
+                },
             ]
         })?;
         if let Err(e) = self.journal.sync_to(record.seq) {
@@ -86,29 +102,47 @@ impl Store {
             .collect();
         let mut dirs = BTreeSet::new();
         for idx in staged {
-            let Some(Slot::Staged(s)) = draft.slots.remove(&idx) else { continue };
-            let mut content = vec![0u8; s.len as usize];
-            s.file
-                .read_exact_at(&mut content, 0)
-                .map_err(|e| StoreError::io(format!("read {}", s.path.display()), e))?;
-            if content.iter().all(|b| *b == 0) {
-                // An all-zero chunk is a hole: nothing to store.
-                let _ = std::fs::remove_file(&s.path);
+            let Some(Slot::Staged(s)) = draft.slots.remove(&idx) else {
                 continue;
+            };
+            let path = s.path.clone();
+            let sealed = self.seal_chunk(s);
+            if sealed.is_err() {
+                // The draft has failed; its staging file must not outlive it.
+                let _ = std::fs::remove_file(&path);
             }
-            let hash = *blake3::hash(&content).as_bytes();
-            self.io
-                .sync_data(&s.file)
-                .map_err(|e| StoreError::io(format!("fdatasync {}", s.path.display()), e))?;
-            s.file
-                .set_permissions(std::fs::Permissions::from_mode(0o444))
-                .map_err(|e| StoreError::io(format!("chmod {}", s.path.display()), e))?;
-            // Synced even when the chunk was already there: its entry may come from a
-            // concurrent commit whose directory fsync has not happened yet.
-            self.chunks.publish(&s.path, &hash)?;
-            dirs.insert(self.chunks.shard_dir(&hash));
-            draft.slots.insert(idx, Slot::Committed(ChunkId { hash, len: s.len as u32 }));
+            if let Some(id) = sealed? {
+                dirs.insert(self.chunks.shard_dir(&id.hash));
+                draft.slots.insert(idx, Slot::Committed(id));
+            }
         }
         Ok(dirs)
+    }
+
+    /// Hashes, syncs and publishes one staged chunk; None for an all-zero chunk (a hole).
+    fn seal_chunk(&self, s: super::draft::Staged) -> StoreResult<Option<ChunkId>> {
+        let mut content = vec![0u8; s.len as usize];
+        s.file
+            .read_exact_at(&mut content, 0)
+            .map_err(|e| StoreError::io(format!("read {}", s.path.display()), e))?;
+        if content.iter().all(|b| *b == 0) {
+            // An all-zero chunk is a hole: nothing to store.
+            let _ = std::fs::remove_file(&s.path);
+            return Ok(None);
+        }
+        let hash = *blake3::hash(&content).as_bytes();
+        self.io
+            .sync_data(&s.file)
+            .map_err(|e| StoreError::io(format!("fdatasync {}", s.path.display()), e))?;
+        s.file
+            .set_permissions(std::fs::Permissions::from_mode(0o444))
+            .map_err(|e| StoreError::io(format!("chmod {}", s.path.display()), e))?;
+        // The shard is synced even when the chunk was already there: its entry may come
+        // from a concurrent commit whose directory fsync has not happened yet.
+        self.chunks.publish(&s.path, &hash)?;
+        Ok(Some(ChunkId {
+            hash,
+            len: s.len as u32,
+        }))
     }
 }

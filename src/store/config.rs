@@ -36,7 +36,7 @@ impl StoreConfig {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::Corrupted(format!(
+                return Err(StoreError::NotAStore(format!(
                     "{} is not a genfs store (no {CONFIG_FILE}; create one with `genfs mkfs`)",
                     store.display()
                 )))
@@ -57,7 +57,10 @@ impl StoreConfig {
         }
         let format = format.ok_or_else(|| bad("missing or bad `format`"))?;
         if format != FORMAT_VERSION {
-            return Err(bad(&format!("format version {format}, this genfs reads {FORMAT_VERSION}")));
+            return Err(StoreError::NotAStore(format!(
+                "{}: store format version {format}, this genfs reads version {FORMAT_VERSION}",
+                path.display()
+            )));
         }
         let chunk_size = chunk_size
             .filter(|c| (CHUNK_BYTES_MIN..=CHUNK_BYTES_MAX).contains(c) && c.is_power_of_two())

@@ -10,8 +10,10 @@ use std::io;
 pub enum StoreError {
     /// An I/O call failed; `context` names the operation and path.
     Io { context: String, source: io::Error },
-    /// The store's files are damaged or do not belong to genfs.
+    /// The store's files are damaged.
     Corrupted(String),
+    /// The directory is not a genfs store (or one of another format version).
+    NotAStore(String),
     /// A previous journal sync failed: the store refuses writes until remounted (G5).
     ReadOnlyAfterIoFailure,
     /// The store was opened read-only.
@@ -49,6 +51,7 @@ impl StoreError {
         match self {
             StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             StoreError::Corrupted(_) => libc::EIO,
+            StoreError::NotAStore(_) => libc::EINVAL,
             StoreError::ReadOnlyAfterIoFailure | StoreError::ReadOnly => libc::EROFS,
             StoreError::NotFound => libc::ENOENT,
             StoreError::Exists => libc::EEXIST,
@@ -71,7 +74,10 @@ impl StoreError {
     pub fn is_expected(&self) -> bool {
         !matches!(
             self,
-            StoreError::Io { .. } | StoreError::Corrupted(_) | StoreError::ReadOnlyAfterIoFailure
+            StoreError::Io { .. }
+                | StoreError::Corrupted(_)
+                | StoreError::NotAStore(_)
+                | StoreError::ReadOnlyAfterIoFailure
         )
     }
 }
@@ -81,6 +87,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Io { context, source } => write!(f, "{context}: {source}"),
             StoreError::Corrupted(what) => write!(f, "store is damaged: {what} (run `genfs fsck`)"),
+            StoreError::NotAStore(what) => write!(f, "{what}"),
             StoreError::ReadOnlyAfterIoFailure => write!(
                 f,
                 "store is read-only after a failed journal sync; remount it to recover"

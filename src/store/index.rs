@@ -34,6 +34,9 @@ pub struct Index {
     tree: sled::Tree,
 }
 
+/// Meta key (prefix `m`): the next inode number to hand out.
+const NEXT_INO_KEY: &[u8] = b"mnext_ino";
+
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
     k.push(prefix);
@@ -92,6 +95,9 @@ impl Index {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(64 << 20)
+            // Write only when asked (checkpoints), so the index does not run ahead of the
+            // journal on its own schedule.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| sled_err(&format!("open {}", path.display()), e))?;
         let tree = db
@@ -218,13 +224,15 @@ impl Index {
         Ok(out)
     }
 
-    /// The highest inode number in use (the next one is this plus one).
-    pub fn max_ino(&self) -> StoreResult<Ino> {
-        match self.tree.scan_prefix([b'i']).next_back() {
-            Some(Ok((k, _))) => Ok(u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]))),
-            Some(Err(e)) => Err(sled_err("max ino", e)),
-            None => Ok(0),
-        }
+    /// The next inode number to hand out: above every number ever used.
+    pub fn next_ino(&self) -> StoreResult<Ino> {
+        let highest = match self.tree.scan_prefix([b'i']).next_back() {
+            Some(Ok((k, _))) => u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])),
+            Some(Err(e)) => return Err(sled_err("max ino", e)),
+            None => 0,
+        };
+        let recorded = self.get(NEXT_INO_KEY)?.map(|v| read_u64(&v)).unwrap_or(0);
+        Ok(recorded.max(highest + 1))
     }
 
     /// Counts of (inodes, generations, chunks) for statistics; walks the index.
@@ -242,9 +250,17 @@ fn apply_op(tx: &TransactionalTree, op: &Op) -> TxResult<()> {
     match op {
         Op::PutInode { ino, inode } => {
             tx.insert(inode_key(*ino), encode(inode))?;
+            // Inode numbers are never reused, even after the highest one is deleted.
+            let next = tx.get(NEXT_INO_KEY)?.map(|v| read_u64(&v)).unwrap_or(0);
+            if *ino >= next {
+                tx.insert(NEXT_INO_KEY, &(ino + 1).to_le_bytes())?;
+            }
         }
-        Op::DelInode { ino } => {
+        Op::DelInode { ino, xattrs } => {
             tx.remove(inode_key(*ino))?;
+            for name in xattrs {
+                tx.remove(xattr_key(*ino, name))?;
+            }
         }
         Op::PutDirent { parent, name, ino, kind, cookie } => {
             remove_dirent(tx, *parent, name)?;

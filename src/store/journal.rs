@@ -21,6 +21,9 @@ const FRAME_HEADER_BYTES: usize = 8;
 pub const RECORD_BYTES_MAX: usize = 256 << 20;
 const SEGMENT_BYTES_TARGET: u64 = 64 << 20;
 const CHECKPOINT_FILE: &str = "checkpoint";
+/// Written when a journal write or sync fails: records after this sequence number were never
+/// acknowledged as durable and may belong to failed commits, so open discards them (G5).
+const VALID_THROUGH_FILE: &str = "valid-through";
 
 struct Segment {
     start_seq: u64,
@@ -66,8 +69,9 @@ pub fn encode_frame(record: &Record) -> Vec<u8> {
     frame
 }
 
-/// Decodes frames from `buf`; returns the records and the length of the valid prefix.
-fn decode_frames(buf: &[u8]) -> (Vec<Record>, usize) {
+/// Decodes frames from `buf`; returns each record with the offset just past it, and the
+/// length of the valid prefix.
+fn decode_frames(buf: &[u8]) -> (Vec<(Record, usize)>, usize) {
     let mut records = Vec::new();
     let mut pos = 0;
     while pos + FRAME_HEADER_BYTES <= buf.len() {
@@ -82,7 +86,7 @@ fn decode_frames(buf: &[u8]) -> (Vec<Record>, usize) {
             break;
         }
         match postcard::from_bytes::<Record>(payload) {
-            Ok(r) => records.push(r),
+            Ok(r) => records.push((r, start + len)),
             Err(_) => break,
         }
         pos = start + len;
@@ -100,13 +104,15 @@ impl Journal {
         let path = dir.join(segment_name(1));
         let f = io.create_new(&path, 0o600).map_err(io_err(format!("create {}", path.display())))?;
         io.sync_data(&f).map_err(io_err(format!("fsync {}", path.display())))?;
-        write_checkpoint(dir, io, 0)?;
+        write_marker(dir, io, CHECKPOINT_FILE, 0)?;
         Ok(())
     }
 
-    /// Opens the journal, reads every record after the checkpoint and cuts a torn tail.
+    /// Opens the journal, reads every record after the checkpoint and cuts a torn tail (and
+    /// whatever a recorded failure left in doubt).
     pub fn open(dir: &Path, io: Arc<dyn StoreIo>) -> StoreResult<(Journal, Replay)> {
-        let checkpoint_seq = read_checkpoint(dir)?;
+        let checkpoint_seq = read_marker(&dir.join(CHECKPOINT_FILE))?.unwrap_or(0);
+        let valid_through = read_marker(&dir.join(VALID_THROUGH_FILE))?.unwrap_or(u64::MAX);
         let mut segments = list_segments(dir)?;
         if segments.is_empty() {
             return Err(StoreError::Corrupted(format!("no journal segment in {}", dir.display())));
@@ -114,42 +120,57 @@ impl Journal {
         let mut records = Vec::new();
         let mut truncated_bytes = 0;
         let mut next_seq = segments[0].start_seq;
-        let mut tail_offset = 0;
-        let last = segments.len() - 1;
+        let mut cut: Option<(usize, u64)> = None;
         for (i, seg) in segments.iter().enumerate() {
             let buf = std::fs::read(&seg.path).map_err(io_err(format!("read {}", seg.path.display())))?;
-            let (recs, valid) = decode_frames(&buf);
-            if valid < buf.len() {
-                if i != last {
-                    return Err(StoreError::Corrupted(format!(
-                        "journal segment {} is damaged at byte {valid} and later segments exist",
-                        seg.path.display()
-                    )));
-                }
-                truncated_bytes = (buf.len() - valid) as u64;
-            }
-            for r in recs {
-                if r.seq != next_seq {
+            let (recs, mut valid) = decode_frames(&buf);
+            let mut start_of_record = 0;
+            for (r, end) in recs {
+                // Gaps are allowed only below the checkpoint (after damage there, numbering
+                // resumed above it).
+                if r.seq != next_seq && !(r.seq > next_seq && r.seq <= checkpoint_seq + 1) {
                     return Err(StoreError::Corrupted(format!(
                         "journal {}: expected record {next_seq}, found {}",
                         seg.path.display(),
                         r.seq
                     )));
                 }
-                next_seq += 1;
+                if r.seq > valid_through {
+                    valid = start_of_record;
+                    break;
+                }
+                next_seq = r.seq + 1;
                 if r.seq > checkpoint_seq {
                     records.push(r);
                 }
+                start_of_record = end;
             }
-            tail_offset = valid as u64;
+            if valid < buf.len() {
+                truncated_bytes += (buf.len() - valid) as u64;
+                cut = Some((i, valid as u64));
+                break;
+            }
         }
-        let tail = &segments[last].path;
-        let file = io.open_rw(tail).map_err(io_err(format!("open {}", tail.display())))?;
-        if truncated_bytes > 0 {
-            io.set_len(&file, tail_offset).map_err(io_err(format!("truncate {}", tail.display())))?;
+        if let Some((i, offset)) = cut {
+            for seg in segments.drain(i + 1..) {
+                io.unlink(&seg.path).map_err(io_err(format!("remove {}", seg.path.display())))?;
+            }
+            let tail = &segments[i].path;
+            let file = io.open_rw(tail).map_err(io_err(format!("open {}", tail.display())))?;
+            io.set_len(&file, offset).map_err(io_err(format!("truncate {}", tail.display())))?;
             io.sync_data(&file).map_err(io_err(format!("fsync {}", tail.display())))?;
+            io.sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))?;
         }
-        segments.sort_by_key(|s| s.start_seq);
+        if valid_through != u64::MAX {
+            let marker = dir.join(VALID_THROUGH_FILE);
+            io.unlink(&marker).map_err(io_err(format!("remove {}", marker.display())))?;
+            io.sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))?;
+        }
+        // Never number a new record at or below the checkpoint.
+        next_seq = next_seq.max(checkpoint_seq + 1);
+        let tail = &segments[segments.len() - 1].path;
+        let file = io.open_rw(tail).map_err(io_err(format!("open {}", tail.display())))?;
+        let tail_offset = file.metadata().map_err(io_err(format!("stat {}", tail.display())))?.len();
         let journal = Journal {
             dir: dir.to_path_buf(),
             io,
@@ -171,8 +192,15 @@ impl Journal {
         self.failed.load(Ordering::SeqCst)
     }
 
+    /// Latches the failure (the store turns read-only) and records which records are in
+    /// doubt, so that a remount never publishes a commit whose close got the error.
     fn fail(&self, e: StoreError) -> StoreError {
-        self.failed.store(true, Ordering::SeqCst);
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            let durable = self.durable_seq.load(Ordering::SeqCst);
+            if let Err(m) = write_marker(&self.dir, self.io.as_ref(), VALID_THROUGH_FILE, durable) {
+                tracing::error!("cannot record the journal failure point: {m}");
+            }
+        }
         tracing::error!("journal failed, store is now read-only: {e}");
         e
     }
@@ -287,7 +315,7 @@ impl Journal {
     /// The caller has flushed and fsynced the index first.
     pub fn checkpoint(&self, seq: u64) -> StoreResult<()> {
         self.sync_to(seq)?;
-        write_checkpoint(&self.dir, self.io.as_ref(), seq)?;
+        write_marker(&self.dir, self.io.as_ref(), CHECKPOINT_FILE, seq)?;
         let doomed: Vec<PathBuf> = {
             let mut st = self.state.lock();
             let mut doomed = Vec::new();
@@ -323,24 +351,28 @@ fn list_segments(dir: &Path) -> StoreResult<Vec<Segment>> {
     Ok(segments)
 }
 
-fn read_checkpoint(dir: &Path) -> StoreResult<u64> {
-    let path = dir.join(CHECKPOINT_FILE);
-    let text = std::fs::read_to_string(&path).map_err(io_err(format!("read {}", path.display())))?;
+/// Reads a marker file (`SEQ CRC`); None if it does not exist.
+fn read_marker(path: &Path) -> StoreResult<Option<u64>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
+    };
     let mut parts = text.split_whitespace();
     let (Some(seq), Some(crc)) = (parts.next(), parts.next()) else {
         return Err(StoreError::Corrupted(format!("{} is malformed", path.display())));
     };
     let ok = crc.parse::<u32>().ok() == Some(crc32fast::hash(seq.as_bytes()));
     match (ok, seq.parse::<u64>()) {
-        (true, Ok(seq)) => Ok(seq),
+        (true, Ok(seq)) => Ok(Some(seq)),
         _ => Err(StoreError::Corrupted(format!("{} fails its checksum", path.display()))),
     }
 }
 
-/// Replaces the checkpoint file atomically and durably (temp, fsync, rename, dir fsync).
-fn write_checkpoint(dir: &Path, io: &dyn StoreIo, seq: u64) -> StoreResult<()> {
-    let path = dir.join(CHECKPOINT_FILE);
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+/// Replaces a marker file atomically and durably (temp, fsync, rename, dir fsync).
+fn write_marker(dir: &Path, io: &dyn StoreIo, name: &str, seq: u64) -> StoreResult<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let text = format!("{seq} {}\n", crc32fast::hash(seq.to_string().as_bytes()));
     let f = io.create_new(&tmp, 0o600).map_err(io_err(format!("create {}", tmp.display())))?;

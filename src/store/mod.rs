@@ -190,7 +190,7 @@ impl Store {
         if index.inode(ROOT_INO)?.is_none() {
             return Err(StoreError::Corrupted("the root directory is missing from the index".into()));
         }
-        let next_ino = index.max_ino()? + 1;
+        let next_ino = index.next_ino()?;
         let chunks = ChunkStore::new(path.join("chunks"), io.clone(), config.chunk_size);
         let store = Store {
             root: path.to_path_buf(),
@@ -276,6 +276,8 @@ impl Store {
             return Ok(());
         }
         let watermark = self.journal.applied_watermark();
+        // The index must never be durable ahead of the journal it is replayed from.
+        self.journal.sync_to(watermark)?;
         self.index.flush()?;
         sync_tree(self.io.as_ref(), &self.root.join("index"))?;
         self.journal.checkpoint(watermark)
@@ -354,7 +356,7 @@ impl Store {
         child.nlink = child.nlink.saturating_sub(1);
         child.ctime = now;
         let mut ops = vec![Op::DelDirent { parent, name: name.to_vec() }, Op::PutInode { ino: parent, inode: dir }];
-        ops.push(release_inode(ino, child));
+        ops.push(self.release_inode(ino, child)?);
         self.mutate(ops)?;
         Ok(ino)
     }
@@ -376,7 +378,7 @@ impl Store {
         dir.nlink = dir.nlink.saturating_sub(1);
         self.mutate(vec![
             Op::DelDirent { parent, name: name.to_vec() },
-            Op::DelInode { ino },
+            Op::DelInode { ino, xattrs: self.index.xattr_names(ino)? },
             Op::PutInode { ino: parent, inode: dir },
         ])?;
         Ok(ino)
@@ -463,11 +465,11 @@ impl Store {
                     }
                     if d_inode.kind == Kind::Dir {
                         dir2.nlink = dir2.nlink.saturating_sub(1);
-                        ops.push(Op::DelInode { ino: d });
+                        ops.push(Op::DelInode { ino: d, xattrs: self.index.xattr_names(d)? });
                     } else {
                         d_inode.nlink = d_inode.nlink.saturating_sub(1);
                         d_inode.ctime = now;
-                        ops.push(release_inode(d, d_inode));
+                        ops.push(self.release_inode(d, d_inode)?);
                     }
                     replaced = Some(d);
                 }
@@ -611,6 +613,15 @@ impl Store {
         Ok(st)
     }
 
+    /// The op that records an inode losing a name: gone entirely if nothing else needs it.
+    /// Regular files stay (with nlink 0) so open descriptors and history can still reach them.
+    fn release_inode(&self, ino: Ino, inode: Inode) -> StoreResult<Op> {
+        if inode.nlink == 0 && inode.kind != Kind::File {
+            return Ok(Op::DelInode { ino, xattrs: self.index.xattr_names(ino)? });
+        }
+        Ok(Op::PutInode { ino, inode })
+    }
+
     pub fn inode_count(&self) -> u64 {
         self.next_ino.load(Ordering::SeqCst)
     }
@@ -624,15 +635,6 @@ impl Drop for Store {
     }
 }
 
-/// The op that records an inode losing a name: gone entirely if nothing else needs it.
-/// Regular files stay (with nlink 0) so open descriptors and history can still reach them.
-fn release_inode(ino: Ino, inode: Inode) -> Op {
-    if inode.nlink == 0 && inode.kind != Kind::File {
-        Op::DelInode { ino }
-    } else {
-        Op::PutInode { ino, inode }
-    }
-}
 
 /// Allocates a readdir cookie in the source (`first`) or target directory image.
 fn take_cookie(dir1: &mut Inode, dir2: &mut Inode, same: bool, first: bool) -> u64 {

@@ -137,7 +137,8 @@ impl Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     PutInode { ino: Ino, inode: Inode },
-    DelInode { ino: Ino },
+    /// Removes the inode and the xattrs named (listed by the store, as a transaction cannot scan).
+    DelInode { ino: Ino, xattrs: Vec<Vec<u8>> },
     PutDirent { parent: Ino, name: Vec<u8>, ino: Ino, kind: Kind, cookie: u64 },
     DelDirent { parent: Ino, name: Vec<u8> },
     /// A new generation; chunk reference counts rise only the first time it is applied.

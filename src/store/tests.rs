@@ -5,7 +5,7 @@
 //! instant leaves behind; to prove that replay (and not sled) brought the index up to date,
 //! some images get the index as it was at an earlier checkpoint.
 //!
-//! Tests marked `#[ignore = "BUG: ..."]` document store bugs that are not fixed yet.
+//! Tests marked `` document store bugs that are not fixed yet.
 
 use super::config::CHUNK_BYTES_MIN;
 use super::index::DirEntry;
@@ -759,8 +759,6 @@ fn namespace_after_a_crash_is_a_prefix_even_if_sled_wrote_ahead() {
 }
 
 #[test]
-#[ignore = "BUG: xattrs of a removed directory or symlink stay in the index and reappear \
-            on the inode number reused after reopen"]
 fn a_reused_inode_number_has_no_xattrs_of_its_previous_owner() {
     let (_tmp, path, store) = new_store(CS);
     let dir = mkdir(&store, ROOT_INO, "d");
@@ -1441,8 +1439,6 @@ fn a_new_draft_commits_after_a_transient_chunk_failure() {
 }
 
 #[test]
-#[ignore = "BUG: a commit whose journal fdatasync failed (close got EIO) is replayed from the \
-            journal and becomes the current generation after reopen"]
 fn commit_whose_journal_sync_failed_is_not_published_after_reopen() {
     let calls = commit_calls();
     let k = calls
@@ -1469,8 +1465,6 @@ fn commit_whose_journal_sync_failed_is_not_published_after_reopen() {
 }
 
 #[test]
-#[ignore = "BUG: a commit that fails while sealing a chunk (fdatasync or link) leaves that \
-            chunk's staging file behind until the next open"]
 fn failed_commit_leaves_no_staging_files() {
     let calls = commit_calls();
     for (i, call) in calls.iter().enumerate() {
@@ -1631,8 +1625,6 @@ fn store_replay_stops_at_a_corrupt_record_and_keeps_a_prefix() {
 }
 
 #[test]
-#[ignore = "BUG: Journal::open resumes numbering below the checkpoint when a checkpointed \
-            record is damaged, so later acknowledged records are skipped by replay"]
 fn damaged_checkpointed_record_never_loses_later_commits() {
     let (tmp, path, store) = new_store(CS);
     let ino = create_file(&store, ROOT_INO, "f");
