@@ -81,7 +81,11 @@ fn readers_see_whole_generations_only() {
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let data = std::fs::read(&path).unwrap();
-                assert!(valid.contains(&blake3::hash(&data)), "read {} bytes matching no generation", data.len());
+                assert!(
+                    valid.contains(&blake3::hash(&data)),
+                    "read {} bytes matching no generation",
+                    data.len()
+                );
                 reads.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -200,7 +204,7 @@ fn generations_survive_remount() {
     let mut model = std::collections::BTreeMap::new();
     for i in 0..200 {
         let name = format!("f{}", rng.below(20));
-        let data: Vec<u8> = (0..rng.below(3 << 20)).map(|j| (j as u64 ^ i) as u8).collect();
+        let data: Vec<u8> = (0..rng.below(3 << 20)).map(|j| (j ^ i) as u8).collect();
         std::fs::write(m.path(&name), &data).unwrap();
         model.insert(name, data);
     }

@@ -97,14 +97,19 @@ fn links_renames_and_nlink() {
     std::fs::write(m.path("x"), b"x").unwrap();
     assert_eq!(errno_of(std::fs::remove_dir(m.path("d"))), libc::ENOTEMPTY);
     // RENAME_NOREPLACE and RENAME_EXCHANGE.
-    let cpath = |p: std::path::PathBuf| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+    let cpath =
+        |p: std::path::PathBuf| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
     let (x, moved) = (cpath(m.path("x")), cpath(m.path("d/moved")));
     // SAFETY: valid C strings.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, x.as_ptr(), libc::AT_FDCWD, moved.as_ptr(), libc::RENAME_NOREPLACE) };
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, x.as_ptr(), libc::AT_FDCWD, moved.as_ptr(), libc::RENAME_NOREPLACE)
+    };
     assert_eq!(rc, -1);
     assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
     // SAFETY: valid C strings.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, x.as_ptr(), libc::AT_FDCWD, moved.as_ptr(), libc::RENAME_EXCHANGE) };
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, x.as_ptr(), libc::AT_FDCWD, moved.as_ptr(), libc::RENAME_EXCHANGE)
+    };
     assert_eq!(rc, 0);
     assert_eq!(std::fs::read(m.path("x")).unwrap(), b"data");
     assert_eq!(std::fs::read(m.path("d/moved")).unwrap(), b"x");

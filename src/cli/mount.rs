@@ -40,9 +40,14 @@ fn parse_options(raw: &[String]) -> anyhow::Result<Options> {
                 opts.allow_other = true;
                 continue;
             }
-            "default_permissions" | "_netdev" | "nofail" | "defaults" | "auto" | "noauto" | "user" | "nouser" => {
-                continue
-            }
+            "default_permissions"
+            | "_netdev"
+            | "nofail"
+            | "defaults"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser" => continue,
             o if o.starts_with("x-") => continue,
             "ro" => MountOption::RO,
             "rw" => MountOption::RW,
@@ -81,7 +86,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     check_mountpoint(&args.mountpoint)?;
     crate::store::config::StoreConfig::load(&args.store)
         .with_context(|| format!("cannot mount {}", args.store.display()))?;
-    let store = std::fs::canonicalize(&args.store).with_context(|| format!("store {}", args.store.display()))?;
+    let store =
+        std::fs::canonicalize(&args.store).with_context(|| format!("store {}", args.store.display()))?;
     let mnt = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
     if args.foreground {
@@ -184,7 +190,8 @@ fn serve(store_path: &Path, mnt: &Path, opts: Options, ready: Option<OwnedFd>) -
 
 fn start(store_path: &Path, mnt: &Path, opts: Options) -> anyhow::Result<Session<GenFs>> {
     let sigset = block_signals();
-    let store = Store::open(store_path).with_context(|| format!("cannot open store {}", store_path.display()))?;
+    let store =
+        Store::open(store_path).with_context(|| format!("cannot open store {}", store_path.display()))?;
     let report = store.recovery.clone();
     if report.replayed_records > 0 || report.truncated_journal_bytes > 0 {
         tracing::info!(
@@ -204,7 +211,8 @@ fn start(store_path: &Path, mnt: &Path, opts: Options) -> anyhow::Result<Session
     cfg.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
     cfg.n_threads = Some(4);
     cfg.clone_fd = true;
-    let mut session = Session::new(fs, mnt, &cfg).with_context(|| format!("cannot mount on {}", mnt.display()))?;
+    let mut session =
+        Session::new(fs, mnt, &cfg).with_context(|| format!("cannot mount on {}", mnt.display()))?;
     core.set_notifier(session.notifier());
     raise_readahead(mnt);
     let mut unmounter = session.unmount_callable();

@@ -15,9 +15,10 @@ use crate::store::{NewNode, RenameMode, SetAttrs, Store, StoreError, StoreResult
 use attr::{kind_from_mode, to_attr};
 use crossbeam_channel::{Receiver, Sender};
 use fuser::{
-    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use handles::{Handle, HandleKind, Handles, OpenFiles, Writer};
 use locks::{Lock, Locks};
@@ -207,7 +208,13 @@ impl Core {
         }
     }
 
-    fn make(&self, req: &Request, parent: INodeNo, name: &OsStr, mut node: NewNode) -> StoreResult<(Ino, FileAttr)> {
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mut node: NewNode,
+    ) -> StoreResult<(Ino, FileAttr)> {
         let parent = dir_ino(parent)?;
         let dir = self.store.inode(parent)?;
         node.uid = req.uid();
@@ -291,7 +298,11 @@ impl Core {
         }
         if flags.acc_mode() == OpenAccMode::O_RDONLY {
             let node = self.nodes.open_reader(nodeid).map_err(|Redirect| Errno::ESTALE)?;
-            let fh = self.handles.insert(Handle { nodeid, ino: node.ino, kind: HandleKind::Reader(node.manifest) });
+            let fh = self.handles.insert(Handle {
+                nodeid,
+                ino: node.ino,
+                kind: HandleKind::Reader(node.manifest),
+            });
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
         self.store.check_writable().map_err(|e| errno(&e))?;
@@ -478,8 +489,11 @@ impl Filesystem for GenFs {
             mtime,
             ctime: ctime.map(Timestamp::from_system),
         };
-        let has_attr_change = change.perm.is_some() || change.uid.is_some() || change.gid.is_some()
-            || change.atime.is_some() || (change.mtime.is_some() && size.is_none());
+        let has_attr_change = change.perm.is_some()
+            || change.uid.is_some()
+            || change.gid.is_some()
+            || change.atime.is_some()
+            || (change.mtime.is_some() && size.is_none());
         if has_attr_change {
             if let Err(e) = c.store.set_attrs(ino, &change) {
                 return reply.error(errno(&e));
@@ -528,7 +542,16 @@ impl Filesystem for GenFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let Some(kind) = kind_from_mode(mode) else {
             return reply.error(Errno::EINVAL);
         };
@@ -537,7 +560,14 @@ impl Filesystem for GenFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let node = NewNode { kind: Kind::Dir, perm: (mode & 0o7777) as u16, uid: 0, gid: 0, rdev: 0, target: vec![] };
+        let node = NewNode {
+            kind: Kind::Dir,
+            perm: (mode & 0o7777) as u16,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: vec![],
+        };
         reply_entry(reply, self.core.make(req, parent, name, node).map(|(_, a)| a));
     }
 
@@ -807,15 +837,33 @@ impl Filesystem for GenFs {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let c = &self.core;
-        let node = NewNode { kind: Kind::File, perm: (mode & 0o7777) as u16, uid: 0, gid: 0, rdev: 0, target: vec![] };
+        let node = NewNode {
+            kind: Kind::File,
+            perm: (mode & 0o7777) as u16,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: vec![],
+        };
         let (ino, attr) = match c.make(req, parent, name, node) {
             Ok(made) => made,
             Err(e) => return reply.error(errno(&e)),
         };
         match c.open_file(req, attr.ino.0, OpenFlags(flags)) {
-            Ok((fh, open_flags)) => reply.created(&CACHE_TTL, &attr, Generation(0), FileHandle(fh), open_flags),
+            Ok((fh, open_flags)) => {
+                reply.created(&CACHE_TTL, &attr, Generation(0), FileHandle(fh), open_flags)
+            }
             Err(e) => {
                 tracing::error!("open of new file inode {ino} failed: {e:?}");
                 reply.error(e)
@@ -867,7 +915,16 @@ impl Filesystem for GenFs {
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         if mode != 0 {
             return reply.error(Errno::EOPNOTSUPP);
         }

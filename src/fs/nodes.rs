@@ -208,7 +208,8 @@ impl Inner {
     }
 
     fn drop_if_unused(&mut self, nodeid: u64) {
-        let unused = matches!(self.nodes.get(&nodeid), Some(n) if n.lookups == 0 && n.readers == 0 && n.writers == 0);
+        let unused =
+            matches!(self.nodes.get(&nodeid), Some(n) if n.lookups == 0 && n.readers == 0 && n.writers == 0);
         if unused {
             if let Some(node) = self.nodes.remove(&nodeid) {
                 let key = (node.file.ino, node.file.gen);

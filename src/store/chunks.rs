@@ -92,11 +92,10 @@ impl ChunkStore {
 
     fn map_verified(&self, id: &ChunkId) -> StoreResult<Mmap> {
         let path = self.path(&id.hash);
-        let file = File::open(&path).map_err(|e| StoreError::io(format!("open chunk {}", path.display()), e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| StoreError::io(format!("stat chunk {}", path.display()), e))?
-            .len();
+        let file =
+            File::open(&path).map_err(|e| StoreError::io(format!("open chunk {}", path.display()), e))?;
+        let len =
+            file.metadata().map_err(|e| StoreError::io(format!("stat chunk {}", path.display()), e))?.len();
         if len != id.len as u64 {
             return Err(StoreError::Corrupted(format!(
                 "chunk {} is {len} bytes, expected {}",

@@ -22,10 +22,7 @@ impl Store {
     /// Commits the draft as the file's next generation and returns the new inode image.
     pub fn commit(&self, draft: &mut Draft) -> StoreResult<Inode> {
         if draft.failed {
-            return Err(StoreError::io(
-                "commit",
-                std::io::Error::from_raw_os_error(libc::EIO),
-            ));
+            return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
         }
         self.check_writable()?;
         let result = self.commit_inner(draft);
@@ -39,9 +36,7 @@ impl Store {
     fn commit_inner(&self, draft: &mut Draft) -> StoreResult<Inode> {
         let dirs = self.seal_chunks(draft)?;
         for dir in &dirs {
-            self.io
-                .sync_dir(dir)
-                .map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;
+            self.io.sync_dir(dir).map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;
         }
         let chunks: std::collections::BTreeMap<u64, ChunkId> = draft
             .slots
@@ -61,23 +56,10 @@ impl Store {
         inode.mtime = draft.mtime;
         inode.ctime = now;
         let record = self.journal.append(|seq| {
-            let manifest = Manifest {
-                size: draft.size,
-                mtime: draft.mtime,
-                chunks,
-                seq,
-                committed: now,
-            };
+            let manifest = Manifest { size: draft.size, mtime: draft.mtime, chunks, seq, committed: now };
             vec![
-                Op::PutGeneration {
-                    ino: draft.ino,
-                    gen,
-                    manifest,
-                },
-                Op::PutInode {
-                    ino: draft.ino,
-                    inode: inode.clone(),
-                },
+                Op::PutGeneration { ino: draft.ino, gen, manifest },
+                Op::PutInode { ino: draft.ino, inode: inode.clone() },
             ]
         })?;
         if let Err(e) = self.journal.sync_to(record.seq) {
@@ -94,12 +76,8 @@ impl Store {
     /// Step 1: turns every staged chunk into a published chunk; returns the chunk directories
     /// that gained an entry.
     fn seal_chunks(&self, draft: &mut Draft) -> StoreResult<BTreeSet<PathBuf>> {
-        let staged: Vec<u64> = draft
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Staged(_)))
-            .map(|(i, _)| *i)
-            .collect();
+        let staged: Vec<u64> =
+            draft.slots.iter().filter(|(_, s)| matches!(s, Slot::Staged(_))).map(|(i, _)| *i).collect();
         let mut dirs = BTreeSet::new();
         for idx in staged {
             let Some(Slot::Staged(s)) = draft.slots.remove(&idx) else {
@@ -140,9 +118,6 @@ impl Store {
         // The shard is synced even when the chunk was already there: its entry may come
         // from a concurrent commit whose directory fsync has not happened yet.
         self.chunks.publish(&s.path, &hash)?;
-        Ok(Some(ChunkId {
-            hash,
-            len: s.len as u32,
-        }))
+        Ok(Some(ChunkId { hash, len: s.len as u32 }))
     }
 }

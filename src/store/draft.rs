@@ -60,9 +60,7 @@ impl Draft {
 
     fn new_staged(&self, idx: u64) -> StoreResult<Staged> {
         let serial = STAGING_SERIAL.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .staging_dir
-            .join(format!("{}-{}-{idx}-{serial}", std::process::id(), self.ino));
+        let path = self.staging_dir.join(format!("{}-{}-{idx}-{serial}", std::process::id(), self.ino));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -190,12 +188,8 @@ impl Draft {
 
     /// Drops every staging file (after a failed commit, or when the last writer leaves).
     pub fn discard_staged(&mut self) {
-        let staged: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Staged(_)))
-            .map(|(i, _)| *i)
-            .collect();
+        let staged: Vec<u64> =
+            self.slots.iter().filter(|(_, s)| matches!(s, Slot::Staged(_))).map(|(i, _)| *i).collect();
         for idx in staged {
             if let Some(slot) = self.slots.remove(&idx) {
                 discard(slot);

@@ -9,7 +9,10 @@ use std::io;
 #[non_exhaustive]
 pub enum StoreError {
     /// An I/O call failed; `context` names the operation and path.
-    Io { context: String, source: io::Error },
+    Io {
+        context: String,
+        source: io::Error,
+    },
     /// The store's files are damaged.
     Corrupted(String),
     /// The directory is not a genfs store (or one of another format version).
@@ -40,10 +43,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 impl StoreError {
     /// Wraps an `io::Error` with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        StoreError::Io {
-            context: context.into(),
-            source,
-        }
+        StoreError::Io { context: context.into(), source }
     }
 
     /// The errno the kernel should see for this error; EIO for anything without one.
@@ -88,10 +88,9 @@ impl fmt::Display for StoreError {
             StoreError::Io { context, source } => write!(f, "{context}: {source}"),
             StoreError::Corrupted(what) => write!(f, "store is damaged: {what} (run `genfs fsck`)"),
             StoreError::NotAStore(what) => write!(f, "{what}"),
-            StoreError::ReadOnlyAfterIoFailure => write!(
-                f,
-                "store is read-only after a failed journal sync; remount it to recover"
-            ),
+            StoreError::ReadOnlyAfterIoFailure => {
+                write!(f, "store is read-only after a failed journal sync; remount it to recover")
+            }
             StoreError::ReadOnly => write!(f, "store is mounted read-only"),
             other => {
                 let err = io::Error::from_raw_os_error(other.errno());

@@ -100,9 +100,7 @@ impl Index {
             .flush_every_ms(None)
             .open()
             .map_err(|e| sled_err(&format!("open {}", path.display()), e))?;
-        let tree = db
-            .open_tree("genfs")
-            .map_err(|e| sled_err("open tree", e))?;
+        let tree = db.open_tree("genfs").map_err(|e| sled_err("open tree", e))?;
         Ok(Index { db, tree })
     }
 

@@ -95,13 +95,7 @@ pub struct FaultyIo {
 
 impl FaultyIo {
     pub fn new(inner: Arc<dyn StoreIo>, errno: i32, sticky: bool) -> Self {
-        FaultyIo {
-            inner,
-            calls: AtomicU64::new(0),
-            fail_at: AtomicU64::new(u64::MAX),
-            errno,
-            sticky,
-        }
+        FaultyIo { inner, calls: AtomicU64::new(0), fail_at: AtomicU64::new(u64::MAX), errno, sticky }
     }
 
     /// Arms the fault: the `n`th call from now (1-based) fails.

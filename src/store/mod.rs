@@ -159,13 +159,16 @@ impl Store {
         ChunkStore::create_shards(&path.join("chunks"), &io)?;
         Journal::create(&path.join("journal"), &io)?;
         let (journal, _) = Journal::open(&path.join("journal"), Arc::new(io::RealIo))?;
-        let root = NewNode { kind: Kind::Dir, perm: 0o755, uid: owner.0, gid: owner.1, rdev: 0, target: vec![] };
-        let record = journal.append(|_| vec![Op::PutInode { ino: ROOT_INO, inode: new_inode(&root, Timestamp::now()) }])?;
+        let root =
+            NewNode { kind: Kind::Dir, perm: 0o755, uid: owner.0, gid: owner.1, rdev: 0, target: vec![] };
+        let record = journal
+            .append(|_| vec![Op::PutInode { ino: ROOT_INO, inode: new_inode(&root, Timestamp::now()) }])?;
         journal.sync_to(record.seq)?;
         // The config file is written last: its presence marks a complete store.
         let tmp = path.join("genfs.toml.tmp");
         let f = io.create_new(&tmp, 0o644).map_err(io_err(format!("create {}", tmp.display())))?;
-        io.write_all_at(&f, config.render().as_bytes(), 0).map_err(io_err(format!("write {}", tmp.display())))?;
+        io.write_all_at(&f, config.render().as_bytes(), 0)
+            .map_err(io_err(format!("write {}", tmp.display())))?;
         io.sync_data(&f).map_err(io_err(format!("fsync {}", tmp.display())))?;
         io.rename(&tmp, &path.join(CONFIG_FILE)).map_err(io_err(format!("rename {}", tmp.display())))?;
         io.sync_dir(path).map_err(io_err(format!("fsync {}", path.display())))?;
@@ -355,7 +358,8 @@ impl Store {
         dir.ctime = now;
         child.nlink = child.nlink.saturating_sub(1);
         child.ctime = now;
-        let mut ops = vec![Op::DelDirent { parent, name: name.to_vec() }, Op::PutInode { ino: parent, inode: dir }];
+        let mut ops =
+            vec![Op::DelDirent { parent, name: name.to_vec() }, Op::PutInode { ino: parent, inode: dir }];
         ops.push(self.release_inode(ino, child)?);
         self.mutate(ops)?;
         Ok(ino)
@@ -411,7 +415,14 @@ impl Store {
     }
 
     /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE. Returns the inode that was replaced.
-    pub fn rename(&self, p1: Ino, n1: &[u8], p2: Ino, n2: &[u8], mode: RenameMode) -> StoreResult<Option<Ino>> {
+    pub fn rename(
+        &self,
+        p1: Ino,
+        n1: &[u8],
+        p2: Ino,
+        n2: &[u8],
+        mode: RenameMode,
+    ) -> StoreResult<Option<Ino>> {
         validate_name(n2)?;
         let (src, _) = self.index.lookup(p1, n1)?.ok_or(StoreError::NotFound)?;
         let dst = self.index.lookup(p2, n2)?.map(|(i, _)| i);
@@ -440,8 +451,20 @@ impl Store {
                 }
                 let c1 = take_cookie(&mut dir1, &mut dir2, p1 == p2, true);
                 let c2 = take_cookie(&mut dir1, &mut dir2, p1 == p2, false);
-                ops.push(Op::PutDirent { parent: p1, name: n1.to_vec(), ino: d, kind: d_inode.kind, cookie: c1 });
-                ops.push(Op::PutDirent { parent: p2, name: n2.to_vec(), ino: src, kind: src_inode.kind, cookie: c2 });
+                ops.push(Op::PutDirent {
+                    parent: p1,
+                    name: n1.to_vec(),
+                    ino: d,
+                    kind: d_inode.kind,
+                    cookie: c1,
+                });
+                ops.push(Op::PutDirent {
+                    parent: p2,
+                    name: n2.to_vec(),
+                    ino: src,
+                    kind: src_inode.kind,
+                    cookie: c2,
+                });
                 if p1 != p2 {
                     let src_dir = (src_inode.kind == Kind::Dir) as i64;
                     let dst_dir = (d_inode.kind == Kind::Dir) as i64;
@@ -475,7 +498,10 @@ impl Store {
                 }
                 let cookie = take_cookie(&mut dir1, &mut dir2, p1 == p2, false);
                 ops.insert(0, Op::DelDirent { parent: p1, name: n1.to_vec() });
-                ops.insert(1, Op::PutDirent { parent: p2, name: n2.to_vec(), ino: src, kind: src_inode.kind, cookie });
+                ops.insert(
+                    1,
+                    Op::PutDirent { parent: p2, name: n2.to_vec(), ino: src, kind: src_inode.kind, cookie },
+                );
                 if src_inode.kind == Kind::Dir && p1 != p2 {
                     dir1.nlink = dir1.nlink.saturating_sub(1);
                     dir2.nlink += 1;
@@ -635,7 +661,6 @@ impl Drop for Store {
     }
 }
 
-
 /// Allocates a readdir cookie in the source (`first`) or target directory image.
 fn take_cookie(dir1: &mut Inode, dir2: &mut Inode, same: bool, first: bool) -> u64 {
     if same {
@@ -668,7 +693,11 @@ fn take_lock(store: &Path) -> StoreResult<File> {
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             return Err(StoreError::io(
-                format!("store {} is in use by another genfs daemon (pid {})", store.display(), holder.trim()),
+                format!(
+                    "store {} is in use by another genfs daemon (pid {})",
+                    store.display(),
+                    holder.trim()
+                ),
                 err,
             ));
         }

@@ -26,10 +26,7 @@ impl Timestamp {
 
     pub fn from_system(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp {
-                secs: d.as_secs() as i64,
-                nanos: d.subsec_nanos(),
-            },
+            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
             Err(e) => {
                 let d = e.duration();
                 let (secs, nanos) = if d.subsec_nanos() == 0 {
@@ -46,7 +43,8 @@ impl Timestamp {
         if self.secs >= 0 {
             UNIX_EPOCH + Duration::new(self.secs as u64, self.nanos)
         } else {
-            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs()) + Duration::from_nanos(self.nanos as u64)
+            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs())
+                + Duration::from_nanos(self.nanos as u64)
         }
     }
 }
@@ -136,15 +134,41 @@ impl Manifest {
 /// One change to the index. A journal record is a list of these, applied atomically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    PutInode { ino: Ino, inode: Inode },
+    PutInode {
+        ino: Ino,
+        inode: Inode,
+    },
     /// Removes the inode and the xattrs named (listed by the store, as a transaction cannot scan).
-    DelInode { ino: Ino, xattrs: Vec<Vec<u8>> },
-    PutDirent { parent: Ino, name: Vec<u8>, ino: Ino, kind: Kind, cookie: u64 },
-    DelDirent { parent: Ino, name: Vec<u8> },
+    DelInode {
+        ino: Ino,
+        xattrs: Vec<Vec<u8>>,
+    },
+    PutDirent {
+        parent: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+        kind: Kind,
+        cookie: u64,
+    },
+    DelDirent {
+        parent: Ino,
+        name: Vec<u8>,
+    },
     /// A new generation; chunk reference counts rise only the first time it is applied.
-    PutGeneration { ino: Ino, gen: u64, manifest: Manifest },
-    PutXattr { ino: Ino, name: Vec<u8>, value: Vec<u8> },
-    DelXattr { ino: Ino, name: Vec<u8> },
+    PutGeneration {
+        ino: Ino,
+        gen: u64,
+        manifest: Manifest,
+    },
+    PutXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DelXattr {
+        ino: Ino,
+        name: Vec<u8>,
+    },
 }
 
 /// A journal record: one atomic, ordered change of the store.

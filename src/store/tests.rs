@@ -65,28 +65,15 @@ fn open_err(path: &Path) -> StoreError {
 
 fn node(kind: Kind, target: &[u8]) -> NewNode {
     let perm = if kind == Kind::Dir { 0o755 } else { 0o644 };
-    NewNode {
-        kind,
-        perm,
-        uid: OWNER.0,
-        gid: OWNER.1,
-        rdev: 0,
-        target: target.to_vec(),
-    }
+    NewNode { kind, perm, uid: OWNER.0, gid: OWNER.1, rdev: 0, target: target.to_vec() }
 }
 
 fn create_file(store: &Store, parent: Ino, name: &str) -> Ino {
-    store
-        .create(parent, name.as_bytes(), &node(Kind::File, b""))
-        .unwrap()
-        .0
+    store.create(parent, name.as_bytes(), &node(Kind::File, b"")).unwrap().0
 }
 
 fn mkdir(store: &Store, parent: Ino, name: &str) -> Ino {
-    store
-        .create(parent, name.as_bytes(), &node(Kind::Dir, b""))
-        .unwrap()
-        .0
+    store.create(parent, name.as_bytes(), &node(Kind::Dir, b"")).unwrap().0
 }
 
 fn symlink(store: &Store, parent: Ino, name: &str, target: &str) -> Ino {
@@ -191,10 +178,7 @@ fn list_dir(store: &Store, dir: Ino) -> Vec<DirEntry> {
 
 fn names(store: &Store, dir: Ino) -> Vec<String> {
     let entries = list_dir(store, dir);
-    entries
-        .iter()
-        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-        .collect()
+    entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect()
 }
 
 /// Everything a reader can observe, one line per name, for comparing two stores.
@@ -207,11 +191,7 @@ fn describe(store: &Store) -> Vec<String> {
 fn describe_dir(store: &Store, dir: Ino, path: &str, out: &mut Vec<String>) {
     for e in list_dir(store, dir) {
         let path = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-        out.push(format!(
-            "{} cookie={}",
-            describe_node(store, e.ino, &path),
-            e.cookie
-        ));
+        out.push(format!("{} cookie={}", describe_node(store, e.ino, &path), e.cookie));
         if e.kind == Kind::Dir {
             describe_dir(store, e.ino, &path, out);
         }
@@ -251,22 +231,12 @@ fn assert_consistent(store: &Store) {
         let mut subdirs = 0;
         for e in list_dir(store, dir) {
             let name = String::from_utf8_lossy(&e.name).into_owned();
-            assert!(
-                cookies.insert(e.cookie),
-                "dir {dir}: cookie {} used twice",
-                e.cookie
-            );
+            assert!(cookies.insert(e.cookie), "dir {dir}: cookie {} used twice", e.cookie);
             assert!(seen.insert(name.clone()), "dir {dir}: {name} listed twice");
-            assert!(
-                e.cookie < dir_inode.next_cookie,
-                "dir {dir}: cookie of {name} not issued"
-            );
+            assert!(e.cookie < dir_inode.next_cookie, "dir {dir}: cookie of {name} not issued");
             let (ino, inode) = store.lookup(dir, &e.name).unwrap();
             assert_eq!((ino, inode.kind), (e.ino, e.kind), "dir {dir}: {name}");
-            assert!(store
-                .names_of(ino)
-                .unwrap()
-                .contains(&(dir, e.name.clone())));
+            assert!(store.names_of(ino).unwrap().contains(&(dir, e.name.clone())));
             *links.entry(ino).or_default() += 1;
             if inode.kind == Kind::Dir {
                 subdirs += 1;
@@ -286,18 +256,8 @@ fn assert_consistent(store: &Store) {
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
+    let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "cp -a {} {}", from.display(), to.display());
 }
 
 /// What a crash right now leaves on disk: everything synced is in the journal. sled is
@@ -323,10 +283,8 @@ fn crash_image_with_index(store: &Store, image: &Path, saved_index: &Path) {
 }
 
 fn only_segment(journal_dir: &Path) -> PathBuf {
-    let segments: Vec<PathBuf> = files_in(journal_dir)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
+    let segments: Vec<PathBuf> =
+        files_in(journal_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
     assert_eq!(segments.len(), 1, "{segments:?}");
     segments.into_iter().next().unwrap()
 }
@@ -342,12 +300,7 @@ fn frames(segment: &Path) -> Vec<(usize, usize, Record)> {
         out.push((pos, 8 + len, record));
         pos += 8 + len;
     }
-    assert_eq!(
-        pos,
-        buf.len(),
-        "{} ends in a partial frame",
-        segment.display()
-    );
+    assert_eq!(pos, buf.len(), "{} ends in a partial frame", segment.display());
     out
 }
 
@@ -358,10 +311,7 @@ fn flip_byte(path: &Path, offset: usize) {
 }
 
 fn creates_name(record: &Record, name: &[u8]) -> bool {
-    record
-        .ops
-        .iter()
-        .any(|op| matches!(op, Op::PutDirent { name: n, .. } if n == name))
+    record.ops.iter().any(|op| matches!(op, Op::PutDirent { name: n, .. } if n == name))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,14 +329,8 @@ fn committed_bytes_read_back() {
     assert_eq!(content(&store, ino), data);
     assert_eq!(store.inode(ino).unwrap().size, data.len() as u64);
     let (_, manifest) = store.current_generation(ino).unwrap();
-    assert_eq!(
-        store.read(&manifest, MIB - 10, 20).unwrap(),
-        &data[(MIB - 10) as usize..][..20]
-    );
-    assert!(store
-        .read(&manifest, data.len() as u64, 10)
-        .unwrap()
-        .is_empty());
+    assert_eq!(store.read(&manifest, MIB - 10, 20).unwrap(), &data[(MIB - 10) as usize..][..20]);
+    assert!(store.read(&manifest, data.len() as u64, 10).unwrap().is_empty());
 }
 
 #[test]
@@ -465,11 +409,7 @@ fn truncate_then_grow_reads_zeros_not_stale_bytes() {
         draft.truncate(grown, store.chunks()).unwrap();
         let mut expected = old[..cut as usize].to_vec();
         expected.resize(grown as usize, 0);
-        assert_eq!(
-            draft_content(&store, &draft),
-            expected,
-            "draft, cut at {cut}"
-        );
+        assert_eq!(draft_content(&store, &draft), expected, "draft, cut at {cut}");
         store.commit(&mut draft).unwrap();
         assert_eq!(content(&store, ino), expected, "committed, cut at {cut}");
     }
@@ -524,11 +464,7 @@ fn random_writes_and_truncates_match_a_model() {
             0..=4 => {
                 let offset = rng.below(10 * CS) as usize;
                 let len = 1 + rng.below(2 * CS) as usize;
-                let data = if rng.below(4) == 0 {
-                    vec![0; len]
-                } else {
-                    pattern(step, len)
-                };
+                let data = if rng.below(4) == 0 { vec![0; len] } else { pattern(step, len) };
                 draft.write(offset as u64, &data, store.chunks()).unwrap();
                 if model.len() < offset + len {
                     model.resize(offset + len, 0);
@@ -555,11 +491,7 @@ fn random_writes_and_truncates_match_a_model() {
     }
     assert!(committed.len() > 10);
     for (gen, bytes) in &committed {
-        assert_eq!(
-            &generation_content(&store, ino, *gen),
-            bytes,
-            "generation {gen}"
-        );
+        assert_eq!(&generation_content(&store, ino, *gen), bytes, "generation {gen}");
     }
 }
 
@@ -568,18 +500,9 @@ fn writes_past_the_size_limit_are_efbig() {
     let (_tmp, _path, store) = new_store(CS);
     let ino = create_file(&store, ROOT_INO, "f");
     let mut draft = store.new_draft(ino).unwrap();
-    assert_err!(
-        draft.write(super::draft::FILE_BYTES_MAX, b"x", store.chunks()),
-        StoreError::FileTooBig
-    );
-    assert_err!(
-        draft.write(u64::MAX, b"x", store.chunks()),
-        StoreError::FileTooBig
-    );
-    assert_err!(
-        draft.truncate(super::draft::FILE_BYTES_MAX + 1, store.chunks()),
-        StoreError::FileTooBig
-    );
+    assert_err!(draft.write(super::draft::FILE_BYTES_MAX, b"x", store.chunks()), StoreError::FileTooBig);
+    assert_err!(draft.write(u64::MAX, b"x", store.chunks()), StoreError::FileTooBig);
+    assert_err!(draft.truncate(super::draft::FILE_BYTES_MAX + 1, store.chunks()), StoreError::FileTooBig);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -599,35 +522,21 @@ fn populate(store: &Store) -> Ino {
     }
     let g = create_file(store, ROOT_INO, "g");
     write_and_commit(store, g, 0, &pattern(9, 3 * CS as usize + 5));
-    assert_eq!(
-        store
-            .rename(ROOT_INO, b"g", docs, b"f", RenameMode::Replace)
-            .unwrap(),
-        Some(f)
-    );
+    assert_eq!(store.rename(ROOT_INO, b"g", docs, b"f", RenameMode::Replace).unwrap(), Some(f));
     let h = create_file(store, ROOT_INO, "h");
     write_and_commit(store, h, 0, b"hard");
     store.link(h, docs, b"h2").unwrap();
     store.unlink(ROOT_INO, b"h").unwrap();
     symlink(store, ROOT_INO, "s", "docs/f");
-    store
-        .set_xattr(g, b"user.k", b"v", XattrMode::Create)
-        .unwrap();
-    store
-        .set_xattr(docs, b"user.d", b"dir", XattrMode::Any)
-        .unwrap();
-    let perm = SetAttrs {
-        perm: Some(0o700),
-        ..SetAttrs::default()
-    };
+    store.set_xattr(g, b"user.k", b"v", XattrMode::Create).unwrap();
+    store.set_xattr(docs, b"user.d", b"dir", XattrMode::Any).unwrap();
+    let perm = SetAttrs { perm: Some(0o700), ..SetAttrs::default() };
     store.set_attrs(docs, &perm).unwrap();
     mkdir(store, ROOT_INO, "empty");
     store.rmdir(ROOT_INO, b"empty").unwrap();
     let a = mkdir(store, ROOT_INO, "a");
     mkdir(store, a, "b");
-    store
-        .rename(a, b"b", docs, b"b", RenameMode::Replace)
-        .unwrap();
+    store.rename(a, b"b", docs, b"b", RenameMode::Replace).unwrap();
     create_file(store, a, "last");
     f
 }
@@ -636,10 +545,7 @@ fn assert_populated(store: &Store, orphan: Ino) {
     let docs = lookup(store, ROOT_INO, "docs");
     assert_eq!(names(store, ROOT_INO), ["docs", "s", "a"]);
     assert_eq!(names(store, docs), ["f", "h2", "b"]);
-    assert_eq!(
-        content(store, lookup(store, docs, "f")),
-        pattern(9, 3 * CS as usize + 5)
-    );
+    assert_eq!(content(store, lookup(store, docs, "f")), pattern(9, 3 * CS as usize + 5));
     assert_eq!(content(store, lookup(store, docs, "h2")), b"hard");
     let orphan_inode = store.inode(orphan).unwrap();
     assert_eq!((orphan_inode.nlink, orphan_inode.gen), (0, 3));
@@ -656,10 +562,7 @@ fn namespace_and_generations_survive_reopen() {
     let before = describe(&store);
     drop(store);
     let store = Store::open(&path).unwrap();
-    assert_eq!(
-        store.recovery.replayed_records, 0,
-        "drop checkpoints everything"
-    );
+    assert_eq!(store.recovery.replayed_records, 0, "drop checkpoints everything");
     assert_eq!(describe(&store), before);
     assert_populated(&store, orphan);
     let next = create_file(&store, ROOT_INO, "new");
@@ -676,11 +579,7 @@ fn journal_replay_brings_a_stale_index_up_to_date() {
     let image = tmp.path().join("image");
     crash_image_with_index(&store, &image, &saved_index);
     let recovered = Store::open(&image).unwrap();
-    assert!(
-        recovered.recovery.replayed_records > 20,
-        "{:?}",
-        recovered.recovery
-    );
+    assert!(recovered.recovery.replayed_records > 20, "{:?}", recovered.recovery);
     assert_eq!(recovered.recovery.truncated_journal_bytes, 0);
     assert_eq!(describe(&recovered), expected);
     assert_populated(&recovered, orphan);
@@ -696,11 +595,7 @@ fn copy_of_an_open_store_after_sync_recovers_everything() {
     // The journal tail after the checkpoint is replayed over an index that already has it.
     crash_image(&store, &image);
     let recovered = Store::open(&image).unwrap();
-    assert!(
-        recovered.recovery.replayed_records > 0,
-        "{:?}",
-        recovered.recovery
-    );
+    assert!(recovered.recovery.replayed_records > 0, "{:?}", recovered.recovery);
     assert_eq!(describe(&recovered), expected);
     assert_populated(&recovered, orphan);
     // Recovery checkpointed: the next open has nothing to replay.
@@ -716,9 +611,7 @@ fn open_removes_abandoned_staging_files() {
     let ino = create_file(&store, ROOT_INO, "f");
     write_and_commit(&store, ino, 0, b"committed");
     let mut draft = store.new_draft(ino).unwrap();
-    draft
-        .write(0, &pattern(1, 2 * CS as usize), store.chunks())
-        .unwrap();
+    draft.write(0, &pattern(1, 2 * CS as usize), store.chunks()).unwrap();
     let image = tmp.path().join("image");
     crash_image(&store, &image);
     assert_eq!(staging_files(&image), 2);
@@ -746,12 +639,7 @@ fn namespace_after_a_crash_is_a_prefix_even_if_sled_wrote_ahead() {
     copy_dir(&path, &image);
     // The crash loses the journal tail that was never synced.
     let image_segment = image.join("journal").join(segment.file_name().unwrap());
-    File::options()
-        .write(true)
-        .open(image_segment)
-        .unwrap()
-        .set_len(durable_len)
-        .unwrap();
+    File::options().write(true).open(image_segment).unwrap().set_len(durable_len).unwrap();
     let recovered = Store::open(&image).unwrap();
     assert_eq!(names(&recovered, ROOT_INO), ["a"]);
     assert_consistent(&recovered);
@@ -762,24 +650,17 @@ fn namespace_after_a_crash_is_a_prefix_even_if_sled_wrote_ahead() {
 fn a_reused_inode_number_has_no_xattrs_of_its_previous_owner() {
     let (_tmp, path, store) = new_store(CS);
     let dir = mkdir(&store, ROOT_INO, "d");
-    store
-        .set_xattr(dir, b"user.secret", b"old owner", XattrMode::Create)
-        .unwrap();
+    store.set_xattr(dir, b"user.secret", b"old owner", XattrMode::Create).unwrap();
     store.rmdir(ROOT_INO, b"d").unwrap();
     let link = symlink(&store, ROOT_INO, "s", "target");
-    store
-        .set_xattr(link, b"user.secret", b"old owner", XattrMode::Create)
-        .unwrap();
+    store.set_xattr(link, b"user.secret", b"old owner", XattrMode::Create).unwrap();
     store.unlink(ROOT_INO, b"s").unwrap();
     drop(store);
     let store = Store::open(&path).unwrap();
     for name in ["x", "y"] {
         let ino = create_file(&store, ROOT_INO, name);
         let inherited = store.xattr_names(ino).unwrap();
-        assert!(
-            inherited.is_empty(),
-            "{name} (inode {ino}) has {inherited:?}"
-        );
+        assert!(inherited.is_empty(), "{name} (inode {ino}) has {inherited:?}");
     }
 }
 
@@ -812,10 +693,7 @@ fn a_new_generation_shares_unchanged_chunks() {
     write_and_commit(&store, ino, 0, &pattern(8, 3 * CS as usize));
     write_and_commit(&store, ino, CS + 10, b"edit");
     assert_eq!(chunk_files(&path), 4);
-    let (one, two) = (
-        store.generation(ino, 1).unwrap(),
-        store.generation(ino, 2).unwrap(),
-    );
+    let (one, two) = (store.generation(ino, 1).unwrap(), store.generation(ino, 2).unwrap());
     assert_eq!(one.chunks[&0], two.chunks[&0]);
     assert_ne!(one.chunks[&1], two.chunks[&1]);
     assert_eq!(one.chunks[&2], two.chunks[&2]);
@@ -847,17 +725,9 @@ fn rename_noreplace_onto_an_existing_name_is_exists() {
     let (_tmp, _path, store) = new_store(CS);
     let a = create_file(&store, ROOT_INO, "a");
     let b = create_file(&store, ROOT_INO, "b");
-    assert_err!(
-        store.rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::NoReplace),
-        StoreError::Exists
-    );
-    assert_eq!(
-        (lookup(&store, ROOT_INO, "a"), lookup(&store, ROOT_INO, "b")),
-        (a, b)
-    );
-    store
-        .rename(ROOT_INO, b"a", ROOT_INO, b"c", RenameMode::NoReplace)
-        .unwrap();
+    assert_err!(store.rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::NoReplace), StoreError::Exists);
+    assert_eq!((lookup(&store, ROOT_INO, "a"), lookup(&store, ROOT_INO, "b")), (a, b));
+    store.rename(ROOT_INO, b"a", ROOT_INO, b"c", RenameMode::NoReplace).unwrap();
     assert_eq!(lookup(&store, ROOT_INO, "c"), a);
 }
 
@@ -866,33 +736,17 @@ fn rename_exchange_swaps_two_names() {
     let (_tmp, _path, store) = new_store(CS);
     let a = create_file(&store, ROOT_INO, "a");
     let b = create_file(&store, ROOT_INO, "b");
-    store
-        .rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::Exchange)
-        .unwrap();
-    assert_eq!(
-        (lookup(&store, ROOT_INO, "a"), lookup(&store, ROOT_INO, "b")),
-        (b, a)
-    );
+    store.rename(ROOT_INO, b"a", ROOT_INO, b"b", RenameMode::Exchange).unwrap();
+    assert_eq!((lookup(&store, ROOT_INO, "a"), lookup(&store, ROOT_INO, "b")), (b, a));
     assert_consistent(&store);
     // Across directories, a directory and a file: link counts of both parents follow.
     let p1 = mkdir(&store, ROOT_INO, "p1");
     let p2 = mkdir(&store, ROOT_INO, "p2");
     let sub = mkdir(&store, p1, "sub");
     let file = create_file(&store, p2, "file");
-    store
-        .rename(p1, b"sub", p2, b"file", RenameMode::Exchange)
-        .unwrap();
-    assert_eq!(
-        (lookup(&store, p1, "sub"), lookup(&store, p2, "file")),
-        (file, sub)
-    );
-    assert_eq!(
-        (
-            store.inode(p1).unwrap().nlink,
-            store.inode(p2).unwrap().nlink
-        ),
-        (2, 3)
-    );
+    store.rename(p1, b"sub", p2, b"file", RenameMode::Exchange).unwrap();
+    assert_eq!((lookup(&store, p1, "sub"), lookup(&store, p2, "file")), (file, sub));
+    assert_eq!((store.inode(p1).unwrap().nlink, store.inode(p2).unwrap().nlink), (2, 3));
     assert_eq!(store.parent_of(sub).unwrap(), p2);
     assert_consistent(&store);
     let missing = store.rename(ROOT_INO, b"a", ROOT_INO, b"nope", RenameMode::Exchange);
@@ -907,8 +761,7 @@ fn rename_type_and_emptiness_rules() {
     create_file(&store, full, "x");
     mkdir(&store, ROOT_INO, "empty");
     create_file(&store, ROOT_INO, "file");
-    let r =
-        |from: &[u8], to: &[u8]| store.rename(ROOT_INO, from, ROOT_INO, to, RenameMode::Replace);
+    let r = |from: &[u8], to: &[u8]| store.rename(ROOT_INO, from, ROOT_INO, to, RenameMode::Replace);
     assert_err!(r(b"dir", b"full"), StoreError::NotEmpty);
     assert_err!(r(b"file", b"dir"), StoreError::IsDir);
     assert_err!(r(b"dir", b"file"), StoreError::NotDir);
@@ -938,14 +791,10 @@ fn directory_nlink_counts_subdirectories() {
     // A directory replacing an empty directory in another parent.
     mkdir(&store, b, "target");
     assert_eq!(nlink(b), 4);
-    store
-        .rename(a, b"y", b, b"target", RenameMode::Replace)
-        .unwrap();
+    store.rename(a, b"y", b, b"target", RenameMode::Replace).unwrap();
     assert_eq!((nlink(a), nlink(b)), (2, 4));
     // ... and in the same parent.
-    store
-        .rename(b, b"target", b, b"x", RenameMode::Replace)
-        .unwrap();
+    store.rename(b, b"target", b, b"x", RenameMode::Replace).unwrap();
     assert_eq!(nlink(b), 3);
     store.rmdir(b, b"x").unwrap();
     assert_eq!(nlink(b), 2);
@@ -965,10 +814,7 @@ fn hard_links_share_an_inode_and_count_names() {
     write_and_commit(&store, f, 0, b"shared");
     assert_eq!(store.link(f, dir, b"g").unwrap().nlink, 2);
     assert_err!(store.link(f, dir, b"g"), StoreError::Exists);
-    assert_err!(
-        store.link(dir, ROOT_INO, b"dirlink"),
-        StoreError::NotPermitted
-    );
+    assert_err!(store.link(dir, ROOT_INO, b"dirlink"), StoreError::NotPermitted);
     assert_err!(store.unlink(ROOT_INO, b"dir"), StoreError::IsDir);
     store.unlink(ROOT_INO, b"f").unwrap();
     assert_eq!(store.inode(f).unwrap().nlink, 1);
@@ -992,9 +838,7 @@ fn readdir_cookies_stay_valid_across_changes() {
     store.unlink(ROOT_INO, b"e1").unwrap();
     store.unlink(ROOT_INO, b"e5").unwrap();
     create_file(&store, ROOT_INO, "new");
-    store
-        .rename(ROOT_INO, b"e7", ROOT_INO, b"e7b", RenameMode::Replace)
-        .unwrap();
+    store.rename(ROOT_INO, b"e7", ROOT_INO, b"e7b", RenameMode::Replace).unwrap();
     let mut after = first.last().unwrap().cookie;
     loop {
         let page = store.readdir(ROOT_INO, after, 2).unwrap();
@@ -1017,15 +861,9 @@ fn names_are_validated() {
     for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
         assert_err!(store.create(ROOT_INO, bad, &file), StoreError::InvalidName);
     }
-    assert_err!(
-        store.create(ROOT_INO, &[b'n'; 256], &file),
-        StoreError::NameTooLong
-    );
+    assert_err!(store.create(ROOT_INO, &[b'n'; 256], &file), StoreError::NameTooLong);
     store.create(ROOT_INO, &[b'n'; 255], &file).unwrap();
-    assert_err!(
-        store.create(ROOT_INO, &[b'n'; 255], &file),
-        StoreError::Exists
-    );
+    assert_err!(store.create(ROOT_INO, &[b'n'; 255], &file), StoreError::Exists);
 }
 
 #[test]
@@ -1033,32 +871,16 @@ fn xattrs_follow_create_and_replace_rules() {
     let (_tmp, path, store) = new_store(CS);
     let f = create_file(&store, ROOT_INO, "f");
     assert_err!(store.xattr(f, b"user.a"), StoreError::NoAttribute);
-    assert_err!(
-        store.set_xattr(f, b"user.a", b"1", XattrMode::Replace),
-        StoreError::NoAttribute
-    );
-    store
-        .set_xattr(f, b"user.a", b"1", XattrMode::Create)
-        .unwrap();
-    assert_err!(
-        store.set_xattr(f, b"user.a", b"2", XattrMode::Create),
-        StoreError::Exists
-    );
-    store
-        .set_xattr(f, b"user.a", b"2", XattrMode::Replace)
-        .unwrap();
+    assert_err!(store.set_xattr(f, b"user.a", b"1", XattrMode::Replace), StoreError::NoAttribute);
+    store.set_xattr(f, b"user.a", b"1", XattrMode::Create).unwrap();
+    assert_err!(store.set_xattr(f, b"user.a", b"2", XattrMode::Create), StoreError::Exists);
+    store.set_xattr(f, b"user.a", b"2", XattrMode::Replace).unwrap();
     store.set_xattr(f, b"user.b", b"", XattrMode::Any).unwrap();
-    assert_eq!(
-        store.xattr_names(f).unwrap(),
-        [b"user.a".to_vec(), b"user.b".to_vec()]
-    );
+    assert_eq!(store.xattr_names(f).unwrap(), [b"user.a".to_vec(), b"user.b".to_vec()]);
     store.remove_xattr(f, b"user.b").unwrap();
     assert_err!(store.remove_xattr(f, b"user.b"), StoreError::NoAttribute);
     let big = vec![0; super::XATTR_VALUE_BYTES_MAX + 1];
-    assert_err!(
-        store.set_xattr(f, b"user.big", &big, XattrMode::Any),
-        StoreError::AttributeTooBig
-    );
+    assert_err!(store.set_xattr(f, b"user.big", &big, XattrMode::Any), StoreError::AttributeTooBig);
     drop(store);
     let store = Store::open(&path).unwrap();
     assert_eq!(store.xattr(f, b"user.a").unwrap(), b"2");
@@ -1089,20 +911,13 @@ fn concurrent_commits_and_namespace_ops_survive_reopen() {
     for t in 0..THREADS {
         let own = lookup(&store, lookup(&store, ROOT_INO, &format!("t{t}")), "own");
         assert_eq!(current_gen(&store, own), ROUNDS);
-        assert_eq!(
-            content(&store, own),
-            pattern(t * 100 + ROUNDS - 1, ((ROUNDS - 1) * 1000) as usize)
-        );
+        assert_eq!(content(&store, own), pattern(t * 100 + ROUNDS - 1, ((ROUNDS - 1) * 1000) as usize));
     }
     let shared = lookup(&store, ROOT_INO, "shared");
     assert_eq!(current_gen(&store, shared), THREADS * ROUNDS);
     let bytes = content(&store, shared);
     for t in 0..THREADS {
-        assert_eq!(
-            &bytes[(t * CS) as usize..][..100],
-            pattern(t, 100),
-            "thread {t}"
-        );
+        assert_eq!(&bytes[(t * CS) as usize..][..100], pattern(t, 100), "thread {t}");
     }
     let before = describe(&store);
     drop(store);
@@ -1149,11 +964,7 @@ struct TraceIo {
 
 impl TraceIo {
     fn note(&self, op: &'static str, path: &Path, to: Option<&Path>) {
-        let call = Call {
-            op,
-            path: path.to_path_buf(),
-            to: to.map(Path::to_path_buf),
-        };
+        let call = Call { op, path: path.to_path_buf(), to: to.map(Path::to_path_buf) };
         self.calls.lock().push(call);
     }
 
@@ -1241,23 +1052,14 @@ fn fault_case(errno: i32) -> FaultCase {
     let store = Store::open_with_io(&path, faulty.clone()).unwrap();
     let ino = create_file(&store, ROOT_INO, "f");
     assert_eq!(write_and_commit(&store, ino, 0, &gen1_bytes()), 1);
-    FaultCase {
-        store,
-        faulty,
-        trace,
-        ino,
-        path,
-        _tmp: tmp,
-    }
+    FaultCase { store, faulty, trace, ino, path, _tmp: tmp }
 }
 
 /// A draft that touches all 3 chunks of generation 1, making it `gen2_bytes()`.
 fn three_chunk_draft(case: &FaultCase) -> Draft {
     let mut draft = case.store.new_draft(case.ino).unwrap();
     for i in 0..3 {
-        draft
-            .write(i * CS + 500, &pattern(200 + i, 10), case.store.chunks())
-            .unwrap();
+        draft.write(i * CS + 500, &pattern(200 + i, 10), case.store.chunks()).unwrap();
     }
     draft
 }
@@ -1270,11 +1072,7 @@ fn commit_calls() -> Vec<Call> {
     let before = case.faulty.calls();
     case.store.commit(&mut draft).unwrap();
     let calls = case.trace.take();
-    assert_eq!(
-        case.faulty.calls() - before,
-        calls.len() as u64,
-        "{calls:#?}"
-    );
+    assert_eq!(case.faulty.calls() - before, calls.len() as u64, "{calls:#?}");
     assert_eq!(content(&case.store, case.ino), gen2_bytes());
     calls
 }
@@ -1288,11 +1086,7 @@ fn is_staging_cleanup(call: &Call) -> bool {
 fn assert_still_generation_one(store: &Store, ino: Ino, context: &str) {
     assert_eq!(current_gen(store, ino), 1, "{context}");
     assert_eq!(content(store, ino), gen1_bytes(), "{context}");
-    assert_eq!(
-        store.inode(ino).unwrap().size,
-        gen1_bytes().len() as u64,
-        "{context}"
-    );
+    assert_eq!(store.inode(ino).unwrap().size, gen1_bytes().len() as u64, "{context}");
     assert_eq!(store.generations(ino).unwrap().len(), 1, "{context}");
 }
 
@@ -1306,35 +1100,17 @@ fn commit_syncs_data_then_directories_then_journal() {
     assert_eq!(journal_sync, calls.len() - 1, "{calls:#?}");
     let mut linked_dirs = BTreeSet::new();
     for (i, call) in calls.iter().enumerate().filter(|(_, c)| c.op == "link") {
-        let synced_before = calls[..i]
-            .iter()
-            .any(|c| c.op == "sync_data" && c.path == call.path);
-        assert!(
-            synced_before,
-            "chunk linked before its data was synced: {calls:#?}"
-        );
+        let synced_before = calls[..i].iter().any(|c| c.op == "sync_data" && c.path == call.path);
+        assert!(synced_before, "chunk linked before its data was synced: {calls:#?}");
         linked_dirs.insert(call.to.as_ref().unwrap().parent().unwrap().to_path_buf());
     }
-    assert_eq!(
-        calls.iter().filter(|c| c.op == "link").count(),
-        3,
-        "{calls:#?}"
-    );
-    let synced_dirs: BTreeSet<PathBuf> = calls[..journal_write]
-        .iter()
-        .filter(|c| c.op == "sync_dir")
-        .map(|c| c.path.clone())
-        .collect();
-    assert_eq!(
-        synced_dirs, linked_dirs,
-        "every chunk directory that gained an entry is synced"
-    );
+    assert_eq!(calls.iter().filter(|c| c.op == "link").count(), 3, "{calls:#?}");
+    let synced_dirs: BTreeSet<PathBuf> =
+        calls[..journal_write].iter().filter(|c| c.op == "sync_dir").map(|c| c.path.clone()).collect();
+    assert_eq!(synced_dirs, linked_dirs, "every chunk directory that gained an entry is synced");
     let last_link = calls.iter().rposition(|c| c.op == "link").unwrap();
     let first_dir_sync = pos(&|c| c.op == "sync_dir");
-    assert!(
-        last_link < first_dir_sync && first_dir_sync < journal_write,
-        "{calls:#?}"
-    );
+    assert!(last_link < first_dir_sync && first_dir_sync < journal_write, "{calls:#?}");
 }
 
 fn failed_commit_keeps_the_previous_generation(errno: i32) {
@@ -1360,47 +1136,25 @@ fn failed_commit_keeps_the_previous_generation(errno: i32) {
         assert_eq!(err.errno(), errno, "{context}: {err}");
         assert_still_generation_one(&case.store, case.ino, &context);
         assert!(draft.failed, "{context}");
-        assert!(
-            case.store.commit(&mut draft).is_err(),
-            "{context}: failed draft recommitted"
-        );
+        assert!(case.store.commit(&mut draft).is_err(), "{context}: failed draft recommitted");
         assert_still_generation_one(&case.store, case.ino, &context);
         if call.is_journal() {
             let ro = case.store.check_writable().err();
             assert_eq!(ro.map(|e| e.errno()), Some(libc::EROFS), "{context}");
-            let create = case
-                .store
-                .create(ROOT_INO, b"after", &node(Kind::File, b""));
-            assert_eq!(
-                create.err().map(|e| e.errno()),
-                Some(libc::EROFS),
-                "{context}"
-            );
+            let create = case.store.create(ROOT_INO, b"after", &node(Kind::File, b""));
+            assert_eq!(create.err().map(|e| e.errno()), Some(libc::EROFS), "{context}");
             let mut next = case.store.new_draft(case.ino).unwrap();
             next.write(0, b"retry", case.store.chunks()).unwrap();
-            assert_eq!(
-                case.store.commit(&mut next).err().map(|e| e.errno()),
-                Some(libc::EROFS)
-            );
+            assert_eq!(case.store.commit(&mut next).err().map(|e| e.errno()), Some(libc::EROFS));
         } else {
             case.store.check_writable().unwrap();
             create_file(&case.store, ROOT_INO, "after");
         }
-        let FaultCase {
-            store,
-            ino,
-            path,
-            _tmp,
-            ..
-        } = case;
+        let FaultCase { store, ino, path, _tmp, .. } = case;
         drop(draft);
         drop(store);
         let store = Store::open(&path).unwrap();
-        assert_eq!(
-            generation_content(&store, ino, 1),
-            gen1_bytes(),
-            "{context}"
-        );
+        assert_eq!(generation_content(&store, ino, 1), gen1_bytes(), "{context}");
         // A failed journal fdatasync is covered by
         // `commit_whose_journal_sync_failed_is_not_published_after_reopen` (a known bug).
         if !(call.is_journal() && call.op == "sync_data") {
@@ -1408,10 +1162,7 @@ fn failed_commit_keeps_the_previous_generation(errno: i32) {
         }
         store.check_writable().unwrap();
         write_and_commit(&store, ino, 0, b"after reopen");
-        assert!(
-            content(&store, ino).starts_with(b"after reopen"),
-            "{context}"
-        );
+        assert!(content(&store, ino).starts_with(b"after reopen"), "{context}");
     }
 }
 
@@ -1441,23 +1192,13 @@ fn a_new_draft_commits_after_a_transient_chunk_failure() {
 #[test]
 fn commit_whose_journal_sync_failed_is_not_published_after_reopen() {
     let calls = commit_calls();
-    let k = calls
-        .iter()
-        .position(|c| c.is_journal() && c.op == "sync_data")
-        .unwrap()
-        + 1;
+    let k = calls.iter().position(|c| c.is_journal() && c.op == "sync_data").unwrap() + 1;
     let case = fault_case(libc::EIO);
     let mut draft = three_chunk_draft(&case);
     case.faulty.fail_after(k as u64);
     assert!(case.store.commit(&mut draft).is_err());
     assert_still_generation_one(&case.store, case.ino, "before reopen");
-    let FaultCase {
-        store,
-        ino,
-        path,
-        _tmp,
-        ..
-    } = case;
+    let FaultCase { store, ino, path, _tmp, .. } = case;
     drop(draft);
     drop(store);
     let store = Store::open(&path).unwrap();
@@ -1484,33 +1225,13 @@ fn failed_commit_leaves_no_staging_files() {
 fn failed_namespace_append_makes_the_store_read_only() {
     let case = fault_case(libc::EIO);
     case.faulty.fail_after(1);
-    let err = case
-        .store
-        .create(ROOT_INO, b"x", &node(Kind::File, b""))
-        .err()
-        .unwrap();
+    let err = case.store.create(ROOT_INO, b"x", &node(Kind::File, b"")).err().unwrap();
     assert_eq!(err.errno(), libc::EIO);
     assert_err!(case.store.lookup(ROOT_INO, b"x"), StoreError::NotFound);
-    assert_err!(
-        case.store.check_writable(),
-        StoreError::ReadOnlyAfterIoFailure
-    );
-    assert_err!(
-        case.store.unlink(ROOT_INO, b"f"),
-        StoreError::ReadOnlyAfterIoFailure
-    );
-    assert_eq!(
-        content(&case.store, case.ino),
-        gen1_bytes(),
-        "reads still work"
-    );
-    let FaultCase {
-        store,
-        path,
-        ino,
-        _tmp,
-        ..
-    } = case;
+    assert_err!(case.store.check_writable(), StoreError::ReadOnlyAfterIoFailure);
+    assert_err!(case.store.unlink(ROOT_INO, b"f"), StoreError::ReadOnlyAfterIoFailure);
+    assert_eq!(content(&case.store, case.ino), gen1_bytes(), "reads still work");
+    let FaultCase { store, path, ino, _tmp, .. } = case;
     drop(store);
     let store = Store::open(&path).unwrap();
     assert_err!(store.lookup(ROOT_INO, b"x"), StoreError::NotFound);
@@ -1523,20 +1244,12 @@ fn failed_journal_sync_makes_the_store_read_only() {
     let case = fault_case(libc::ENOSPC);
     create_file(&case.store, ROOT_INO, "x");
     case.faulty.fail_after(1);
-    assert_eq!(
-        case.store.sync().err().map(|e| e.errno()),
-        Some(libc::ENOSPC)
-    );
+    assert_eq!(case.store.sync().err().map(|e| e.errno()), Some(libc::ENOSPC));
     // A retry must not report success: the kernel may have dropped the dirty pages.
     case.faulty.disarm();
     assert!(case.store.sync().is_err());
-    assert_err!(
-        case.store.check_writable(),
-        StoreError::ReadOnlyAfterIoFailure
-    );
-    let FaultCase {
-        store, path, _tmp, ..
-    } = case;
+    assert_err!(case.store.check_writable(), StoreError::ReadOnlyAfterIoFailure);
+    let FaultCase { store, path, _tmp, .. } = case;
     drop(store);
     let store = Store::open(&path).unwrap();
     store.check_writable().unwrap();
@@ -1548,11 +1261,7 @@ fn failed_journal_sync_makes_the_store_read_only() {
 // ---------------------------------------------------------------------------------------------
 
 fn marker(i: u8) -> Vec<Op> {
-    vec![Op::PutXattr {
-        ino: ROOT_INO,
-        name: b"user.marker".to_vec(),
-        value: vec![i],
-    }]
+    vec![Op::PutXattr { ino: ROOT_INO, name: b"user.marker".to_vec(), value: vec![i] }]
 }
 
 #[test]
@@ -1563,9 +1272,7 @@ fn corrupt_frame_in_the_last_segment_cuts_the_tail() {
         let io: Arc<dyn StoreIo> = Arc::new(RealIo);
         Journal::create(dir.path(), io.as_ref()).unwrap();
         let (journal, _) = Journal::open(dir.path(), io.clone()).unwrap();
-        let records: Vec<Record> = (0..6)
-            .map(|i| journal.append(|_| marker(i)).unwrap())
-            .collect();
+        let records: Vec<Record> = (0..6).map(|i| journal.append(|_| marker(i)).unwrap()).collect();
         journal.sync_all().unwrap();
         drop(journal);
         let segment = only_segment(dir.path());
@@ -1575,16 +1282,9 @@ fn corrupt_frame_in_the_last_segment_cuts_the_tail() {
         let (journal, replay) = Journal::open(dir.path(), io.clone()).unwrap();
         assert_eq!(replay.records, records[..3], "{what}: replayed in order");
         assert_eq!(replay.truncated_bytes, total - cut as u64, "{what}");
-        assert_eq!(
-            std::fs::metadata(&segment).unwrap().len(),
-            cut as u64,
-            "{what}"
-        );
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), cut as u64, "{what}");
         let next = journal.append(|_| marker(99)).unwrap();
-        assert_eq!(
-            next.seq, 4,
-            "{what}: numbering continues after the valid prefix"
-        );
+        assert_eq!(next.seq, 4, "{what}: numbering continues after the valid prefix");
         journal.sync_all().unwrap();
         drop(journal);
         let (_, replay) = Journal::open(dir.path(), io).unwrap();
@@ -1606,17 +1306,10 @@ fn store_replay_stops_at_a_corrupt_record_and_keeps_a_prefix() {
     let image = tmp.path().join("image");
     crash_image_with_index(&store, &image, &saved_index);
     let segment = only_segment(&image.join("journal"));
-    let (offset, len, _) = frames(&segment)
-        .into_iter()
-        .find(|(_, _, r)| creates_name(r, b"b"))
-        .unwrap();
+    let (offset, len, _) = frames(&segment).into_iter().find(|(_, _, r)| creates_name(r, b"b")).unwrap();
     flip_byte(&segment, offset + len / 2);
     let recovered = Store::open(&image).unwrap();
-    assert_eq!(
-        recovered.recovery.replayed_records, 1,
-        "{:?}",
-        recovered.recovery
-    );
+    assert_eq!(recovered.recovery.replayed_records, 1, "{:?}", recovered.recovery);
     assert!(recovered.recovery.truncated_journal_bytes > 0);
     assert_eq!(names(&recovered, ROOT_INO), ["a"]);
     assert_consistent(&recovered);
@@ -1653,11 +1346,7 @@ fn damaged_checkpointed_record_never_loses_later_commits() {
     let image = tmp.path().join("image");
     crash_image_with_index(&store, &image, &saved_index);
     let recovered = Store::open(&image).unwrap();
-    assert_eq!(
-        content(&recovered, ino),
-        b"two",
-        "an acknowledged commit was lost"
-    );
+    assert_eq!(content(&recovered, ino), b"two", "an acknowledged commit was lost");
     let gen2_seq = store.generation(ino, 2).unwrap().seq;
     assert!(gen2_seq > gen1_seq, "sequence number {gen2_seq} reused");
 }
@@ -1672,10 +1361,7 @@ fn a_store_in_use_cannot_be_opened_twice() {
     let err = open_err(&path);
     let message = err.to_string();
     assert!(message.contains("in use"), "{message}");
-    assert!(
-        message.contains(&std::process::id().to_string()),
-        "{message}"
-    );
+    assert!(message.contains(&std::process::id().to_string()), "{message}");
     drop(store);
     Store::open(&path).unwrap();
 }
@@ -1689,11 +1375,7 @@ fn opening_a_plain_directory_says_it_is_not_a_store() {
     let tmp = tempfile::tempdir().unwrap();
     let message = open_err(tmp.path()).to_string();
     assert!(message.contains("not a genfs store"), "{message}");
-    assert_eq!(
-        std::fs::read_dir(tmp.path()).unwrap().count(),
-        0,
-        "open left files behind"
-    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "open left files behind");
     let message = open_err(&tmp.path().join("missing")).to_string();
     assert!(message.contains("not a genfs store"), "{message}");
 }
@@ -1730,9 +1412,6 @@ fn mkfs_records_chunk_size_and_owner() {
     assert_eq!(store.config.chunk_size, 64 << 10);
     assert_eq!(store.chunks().chunk_size, 64 << 10);
     let root = store.inode(ROOT_INO).unwrap();
-    assert_eq!(
-        (root.kind, root.uid, root.gid, root.nlink),
-        (Kind::Dir, OWNER.0, OWNER.1, 2)
-    );
+    assert_eq!((root.kind, root.uid, root.gid, root.nlink), (Kind::Dir, OWNER.0, OWNER.1, 2));
     assert_eq!(root.perm, 0o755);
 }

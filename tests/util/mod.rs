@@ -10,10 +10,9 @@ pub fn genfs_bin() -> &'static str {
 
 /// Seed for randomized tests: GENFS_TEST_SEED or the clock; printed so a failure can be replayed.
 pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("GENFS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ now_nanos());
+    let seed = std::env::var("GENFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        Instant::now().elapsed().as_nanos() as u64 ^ std::process::id() as u64 ^ now_nanos()
+    });
     eprintln!("{test}: GENFS_TEST_SEED={seed}");
     seed
 }
@@ -75,14 +74,12 @@ impl Mounted {
     }
 
     pub fn with_mkfs_args(test: &str, mkfs_args: &[&str]) -> Mounted {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("genfs-{test}-"))
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix(&format!("genfs-{test}-")).tempdir().expect("temp dir");
         let store = dir.path().join("store");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
-        let out = Command::new(genfs_bin()).arg("mkfs").arg(&store).args(mkfs_args).output().expect("run mkfs");
+        let out =
+            Command::new(genfs_bin()).arg("mkfs").arg(&store).args(mkfs_args).output().expect("run mkfs");
         assert!(out.status.success(), "mkfs failed: {}", String::from_utf8_lossy(&out.stderr));
         let mut m = Mounted { store, mnt, daemon: None, _dir: dir };
         m.mount();
