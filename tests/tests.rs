@@ -1,4 +1,5 @@
 //! Integration tests: each mounts a real genfs through /dev/fuse (root needed).
+mod conformance;
 mod consistency;
 mod durability;
 mod posix;

@@ -176,8 +176,13 @@ impl Core {
         if node.tainted && !self.nodes.has_readers(nodeid) {
             if let Some(file) = self.files.get(node.ino) {
                 let slot = file.slot.lock();
-                let mtime = if slot.draft.dirty { slot.draft.mtime } else { inode.mtime };
-                return Ok(to_attr(nodeid, &inode, slot.draft.size, mtime));
+                if !slot.draft.dirty {
+                    return Ok(to_attr(nodeid, &inode, slot.draft.size, inode.mtime));
+                }
+                // A change of the data changes the status too.
+                let mut inode = inode;
+                inode.ctime = inode.ctime.max(slot.draft.mtime);
+                return Ok(to_attr(nodeid, &inode, slot.draft.size, slot.draft.mtime));
             }
         }
         if node.gen == inode.gen || node.tainted {
@@ -517,11 +522,9 @@ impl Filesystem for GenFs {
             .filter(|h| h.writer().is_some())
             .or_else(|| c.handles.writer_opened_by(nodeid.0, req.pid()));
         if let Some(handle) = writer {
-            // With a handle it is ftruncate; without, it is the O_TRUNC of the caller's open,
-            // which must not become a generation of its own: bash's `echo x > f` opens, dups
-            // and closes the first descriptor (a FLUSH) before it writes.
-            let from_open = fh.is_none();
-            let result = truncate_draft(c, &handle, size, from_open).and_then(|_| c.node_attr(nodeid.0));
+            // With a handle it is ftruncate; without, the O_TRUNC of the caller's own open. Either
+            // way it changes the draft, and the handle's next close commits it.
+            let result = truncate_draft(c, &handle, size).and_then(|_| c.node_attr(nodeid.0));
             return match result {
                 Ok(attr) => reply.attr(&CACHE_TTL, &attr),
                 Err(e) => reply.error(errno(&e)),
@@ -944,9 +947,8 @@ impl Filesystem for GenFs {
     }
 }
 
-/// Truncates the shared draft. `from_open`: an O_TRUNC, committed with the writes that follow
-/// or, if none come, when the last writer releases the file.
-fn truncate_draft(c: &Core, handle: &Handle, size: u64, from_open: bool) -> StoreResult<()> {
+/// Truncates the shared draft (ftruncate, or the O_TRUNC of an open).
+fn truncate_draft(c: &Core, handle: &Handle, size: u64) -> StoreResult<()> {
     let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
     c.store.check_writable()?;
     let mut slot = w.file.slot.lock();
@@ -961,8 +963,6 @@ fn truncate_draft(c: &Core, handle: &Handle, size: u64, from_open: bool) -> Stor
         return Ok(());
     }
     slot.draft.truncate(size, c.store.chunks())?;
-    if !from_open {
-        w.dirty.store(true, Ordering::SeqCst);
-    }
+    w.dirty.store(true, Ordering::SeqCst);
     Ok(())
 }

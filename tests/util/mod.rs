@@ -114,8 +114,11 @@ impl Mounted {
 
     /// Clean unmount; waits for the daemon to exit and checks it exited 0.
     pub fn unmount(&mut self) {
-        let status = Command::new("umount").arg(&self.mnt).status().expect("run umount");
-        assert!(status.success(), "umount {} failed", self.mnt.display());
+        // The kernel drops a closed file's last reference asynchronously: retry EBUSY briefly.
+        let unmounted = wait_until(Duration::from_secs(10), || {
+            Command::new("umount").arg(&self.mnt).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        });
+        assert!(unmounted, "umount {} failed", self.mnt.display());
         let mut child = self.daemon.take().expect("daemon");
         let start = Instant::now();
         loop {

@@ -1,0 +1,49 @@
+//! The external conformance suites on a real genfs mount, through the scripts in
+//! tests/conformance/ (they mount, run, report and always unmount). Outside CI a suite that is
+//! not installed is skipped loudly; in CI (`CI` set) that is a failure. `.ci/run` installs both.
+
+use crate::util::genfs_bin;
+use std::process::Command;
+
+fn run_script(script: &str) -> Option<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/");
+    let out = Command::new("bash")
+        .arg(format!("{path}{script}"))
+        .arg(std::env::temp_dir())
+        .env("GENFS_BIN", genfs_bin())
+        .output()
+        .expect("run conformance script");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => Some(stdout),
+        Some(77) => {
+            eprintln!("SKIPPED {script}: needs root");
+            None
+        }
+        Some(2) if stderr.contains("not found") && std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED {script}: suite not installed (run .ci/run)\n{stderr}");
+            None
+        }
+        code => panic!("{script} failed ({code:?}):\n{stdout}\n{stderr}"),
+    }
+}
+
+/// pjdfstest 0.2.2: at least 95 % of the cases that run pass (see docs/conformance.md).
+#[test]
+fn pjdfstest_passes() {
+    if let Some(out) = run_script("run-pjdfstest.sh") {
+        let summary = out.lines().filter(|l| l.starts_with("pjdfstest:")).last().unwrap_or("");
+        eprintln!("{summary}");
+    }
+}
+
+/// fsx 0.3.2: 100,000 operations with mmap reads and writes, in chunks of 20,000.
+#[test]
+fn fsx_is_clean() {
+    if let Some(out) = run_script("run-fsx.sh") {
+        for line in out.lines().filter(|l| l.starts_with("fsx")) {
+            eprintln!("{line}");
+        }
+    }
+}
