@@ -33,7 +33,7 @@ fn run_script(script: &str) -> Option<String> {
 #[test]
 fn pjdfstest_passes() {
     if let Some(out) = run_script("run-pjdfstest.sh") {
-        let summary = out.lines().filter(|l| l.starts_with("pjdfstest:")).last().unwrap_or("");
+        let summary = out.lines().rev().find(|l| l.starts_with("pjdfstest:")).unwrap_or("");
         eprintln!("{summary}");
     }
 }
