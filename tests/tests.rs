@@ -1,6 +1,7 @@
 //! Integration tests: each mounts a real genfs through /dev/fuse (root needed).
 mod conformance;
 mod consistency;
+mod daemon;
 mod durability;
 mod posix;
 mod util;

@@ -149,6 +149,18 @@ impl Mounted {
         }
     }
 
+    /// SIGTERM the daemon: it must unmount and exit 0 on its own.
+    pub fn terminate(&mut self) {
+        let mut child = self.daemon.take().expect("daemon");
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let exited = wait_until(Duration::from_secs(30), || matches!(child.try_wait(), Ok(Some(_))));
+        assert!(exited, "daemon did not exit after SIGTERM");
+        let status = child.wait().expect("wait daemon");
+        assert!(status.success(), "daemon exited with {status} after SIGTERM");
+        assert!(!is_mounted(&self.mnt), "SIGTERM left the mount behind");
+    }
+
     /// Detaches a dead mount.
     pub fn detach(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
