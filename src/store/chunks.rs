@@ -113,6 +113,11 @@ impl ChunkStore {
         Ok(map)
     }
 
+    /// Drops a cached mapping (gc unlinked the chunk; existing mappings stay valid).
+    pub fn forget(&self, hash: &Hash) {
+        self.cache.lock().0.remove(hash);
+    }
+
     /// Copies `size` bytes at `offset` of a generation (clipped to its size) into a buffer.
     pub fn read(&self, m: &Manifest, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
         let end = m.size.min(offset.saturating_add(size as u64));

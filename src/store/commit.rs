@@ -34,6 +34,8 @@ impl Store {
     }
 
     fn commit_inner(&self, draft: &mut Draft) -> StoreResult<Inode> {
+        // gc must not unlink a chunk this commit links to (dedup) before the commit counts it.
+        let _gc = self.chunk_gc.read();
         let dirs = self.seal_chunks(draft)?;
         for dir in &dirs {
             self.io.sync_dir(dir).map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;

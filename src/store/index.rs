@@ -2,13 +2,15 @@
 //!
 //! One tree, keys prefixed by kind (all integers big-endian so ranges sort):
 //! `i ino` inode · `d parent name` dirent · `c parent cookie` readdir order · `b ino parent name`
-//! names of an inode · `g ino gen` manifest · `r hash` chunk references · `x ino name` xattr.
+//! names of an inode · `g ino gen` manifest · `r hash` chunk references and length ·
+//! `x ino name` xattr · `h parent len name seq` what a name pointed to from `seq` on (time
+//! travel) · `t secs` last sequence number of that second · `s name` snapshot.
 //!
 //! Records are applied in one sled transaction each. Applying is idempotent: every op writes a
 //! full image, and a generation's chunk references rise only when the generation is new.
 
 use super::error::{StoreError, StoreResult};
-use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Record};
+use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Record, Timestamp};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use std::path::Path;
@@ -67,6 +69,41 @@ fn ref_key(hash: &Hash) -> Vec<u8> {
 fn xattr_key(ino: Ino, name: &[u8]) -> Vec<u8> {
     key(b'x', &[&ino.to_be_bytes(), name])
 }
+/// Names are length-prefixed so that one name's history is a prefix of no other name's.
+fn history_prefix(parent: Ino, name: &[u8]) -> Vec<u8> {
+    key(b'h', &[&parent.to_be_bytes(), &[name.len() as u8], name])
+}
+fn history_key(parent: Ino, name: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = history_prefix(parent, name);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+fn time_key(t: Timestamp) -> Vec<u8> {
+    key(b't', &[&(t.secs.max(0) as u64).to_be_bytes()])
+}
+fn snapshot_key(name: &[u8]) -> Vec<u8> {
+    key(b's', &[name])
+}
+
+/// Chunk reference count and the chunk's length (for stored-bytes statistics).
+fn ref_value(count: u64, len: u32) -> [u8; 12] {
+    let mut v = [0u8; 12];
+    v[..8].copy_from_slice(&count.to_le_bytes());
+    v[8..].copy_from_slice(&len.to_le_bytes());
+    v
+}
+fn read_ref(v: &[u8]) -> (u64, u32) {
+    let count = v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+    let len = v.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
+    (count, len)
+}
+
+/// A named snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub time: Timestamp,
+}
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing our own plain structs into a Vec cannot fail.
@@ -114,7 +151,13 @@ impl Index {
     pub fn apply(&self, record: &Record) -> StoreResult<()> {
         let result = self.tree.transaction(|tx| {
             for op in &record.ops {
-                apply_op(tx, op)?;
+                apply_op(tx, record, op)?;
+            }
+            // The time index: the last sequence number applied in each second.
+            let tk = time_key(record.time);
+            let prev = tx.get(&tk)?.map(|v| read_u64(&v)).unwrap_or(0);
+            if record.seq > prev {
+                tx.insert(tk, &record.seq.to_le_bytes())?;
             }
             Ok(())
         });
@@ -205,7 +248,88 @@ impl Index {
     }
 
     pub fn chunk_refs(&self, hash: &Hash) -> StoreResult<u64> {
-        Ok(self.get(&ref_key(hash))?.map(|v| read_u64(&v)).unwrap_or(0))
+        Ok(self.get(&ref_key(hash))?.map(|v| read_ref(&v).0).unwrap_or(0))
+    }
+
+    /// Every chunk the index knows: (hash, references, length).
+    pub fn chunks(&self) -> StoreResult<Vec<(Hash, u64, u32)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([b'r']) {
+            let (k, v) = item.map_err(|e| sled_err("chunks", e))?;
+            let Ok(hash) = Hash::try_from(&k[1..]) else { continue };
+            let (count, len) = read_ref(&v);
+            out.push((hash, count, len));
+        }
+        Ok(out)
+    }
+
+    /// What `name` in `parent` pointed to as of sequence number `seq`.
+    pub fn lookup_at(&self, parent: Ino, name: &[u8], seq: u64) -> StoreResult<Option<(Ino, Kind)>> {
+        let start = history_prefix(parent, name);
+        let end = history_key(parent, name, seq);
+        match self.tree.range(start..=end).next_back() {
+            Some(Ok((_, v))) => decode(&v, "history"),
+            Some(Err(e)) => Err(sled_err("history", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The entries of `parent` as of `seq`, sorted by (name length, name).
+    pub fn readdir_at(&self, parent: Ino, seq: u64) -> StoreResult<Vec<(Vec<u8>, Ino, Kind)>> {
+        let prefix = key(b'h', &[&parent.to_be_bytes()]);
+        let mut out: Vec<(Vec<u8>, Ino, Kind)> = Vec::new();
+        let mut current: Option<(Vec<u8>, Option<(Ino, Kind)>)> = None;
+        for item in self.tree.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| sled_err("history", e))?;
+            let len = k[9] as usize;
+            let name = k[10..10 + len].to_vec();
+            let entry_seq = u64::from_be_bytes(k[10 + len..].try_into().unwrap_or([0; 8]));
+            if current.as_ref().is_some_and(|(n, _)| *n != name) {
+                if let Some((n, Some((ino, kind)))) = current.take() {
+                    out.push((n, ino, kind));
+                }
+            }
+            if entry_seq <= seq {
+                current = Some((name, decode(&v, "history")?));
+            } else if current.as_ref().is_none_or(|(n, _)| *n != name) {
+                current = Some((name, None));
+            }
+        }
+        if let Some((n, Some((ino, kind)))) = current {
+            out.push((n, ino, kind));
+        }
+        Ok(out)
+    }
+
+    /// The last sequence number applied at or before `t` (1 s resolution); 0 if none.
+    pub fn seq_at_time(&self, t: Timestamp) -> StoreResult<u64> {
+        match self.tree.range([b't'].to_vec()..=time_key(t)).next_back() {
+            Some(Ok((k, v))) if k[0] == b't' => Ok(read_u64(&v)),
+            Some(Err(e)) => Err(sled_err("time index", e)),
+            _ => Ok(0),
+        }
+    }
+
+    pub fn snapshots(&self) -> StoreResult<Vec<(Vec<u8>, Snapshot)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([b's']) {
+            let (k, v) = item.map_err(|e| sled_err("snapshots", e))?;
+            let snap: Snapshot = decode(&v, "snapshot")?;
+            out.push((k[1..].to_vec(), snap));
+        }
+        out.sort_by_key(|(_, s)| s.seq);
+        Ok(out)
+    }
+
+    /// All regular-file inodes that have generations (gc and statistics walk these).
+    pub fn inodes(&self) -> StoreResult<Vec<(Ino, Inode)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([b'i']) {
+            let (k, v) = item.map_err(|e| sled_err("inodes", e))?;
+            let ino = u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]));
+            out.push((ino, decode(&v, "inode")?));
+        }
+        Ok(out)
     }
 
     pub fn xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<Option<Vec<u8>>> {
@@ -244,7 +368,7 @@ fn read_u64(v: &[u8]) -> u64 {
     v.try_into().map(u64::from_le_bytes).unwrap_or(0)
 }
 
-fn apply_op(tx: &TransactionalTree, op: &Op) -> TxResult<()> {
+fn apply_op(tx: &TransactionalTree, record: &Record, op: &Op) -> TxResult<()> {
     match op {
         Op::PutInode { ino, inode } => {
             tx.insert(inode_key(*ino), encode(inode))?;
@@ -266,19 +390,44 @@ fn apply_op(tx: &TransactionalTree, op: &Op) -> TxResult<()> {
             tx.insert(dirent_key(*parent, name), encode(&value))?;
             tx.insert(cookie_key(*parent, *cookie), name.as_slice())?;
             tx.insert(backlink_key(*ino, *parent, name), &[] as &[u8])?;
+            tx.insert(history_key(*parent, name, record.seq), encode(&Some((*ino, *kind))))?;
         }
         Op::DelDirent { parent, name } => {
             remove_dirent(tx, *parent, name)?;
+            tx.insert(history_key(*parent, name, record.seq), encode(&None::<(Ino, Kind)>))?;
         }
         Op::PutGeneration { ino, gen, manifest } => {
             let k = gen_key(*ino, *gen);
             if tx.get(&k)?.is_none() {
                 for chunk in manifest.chunks.values() {
                     let rk = ref_key(&chunk.hash);
-                    let n = tx.get(&rk)?.map(|v| read_u64(&v)).unwrap_or(0);
-                    tx.insert(rk, &(n + 1).to_le_bytes())?;
+                    let (n, _) = tx.get(&rk)?.map(|v| read_ref(&v)).unwrap_or((0, 0));
+                    tx.insert(rk, &ref_value(n + 1, chunk.len))?;
                 }
                 tx.insert(k, encode(manifest))?;
+            }
+        }
+        Op::DelGeneration { ino, gen } => {
+            if let Some(old) = tx.remove(gen_key(*ino, *gen))? {
+                let manifest: Manifest = decode(&old, "generation").map_err(tx_abort)?;
+                for chunk in manifest.chunks.values() {
+                    let rk = ref_key(&chunk.hash);
+                    let (n, len) = tx.get(&rk)?.map(|v| read_ref(&v)).unwrap_or((0, chunk.len));
+                    tx.insert(rk, &ref_value(n.saturating_sub(1), len))?;
+                }
+            }
+        }
+        Op::PutSnapshot { name } => {
+            let snap = Snapshot { seq: record.seq, time: record.time };
+            tx.insert(snapshot_key(name), encode(&snap))?;
+        }
+        Op::DelSnapshot { name } => {
+            tx.remove(snapshot_key(name))?;
+        }
+        Op::DropChunk { hash } => {
+            let rk = ref_key(hash);
+            if tx.get(&rk)?.is_some_and(|v| read_ref(&v).0 == 0) {
+                tx.remove(rk)?;
             }
         }
         Op::PutXattr { ino, name, value } => {

@@ -213,7 +213,8 @@ impl Journal {
             return Err(StoreError::ReadOnlyAfterIoFailure);
         }
         let mut st = self.state.lock();
-        let record = Record { seq: st.next_seq, ops: build(st.next_seq) };
+        let record =
+            Record { seq: st.next_seq, time: super::records::Timestamp::now(), ops: build(st.next_seq) };
         let frame = encode_frame(&record);
         if frame.len() > RECORD_BYTES_MAX {
             return Err(StoreError::FileTooBig);

@@ -16,6 +16,7 @@ pub mod index;
 pub mod io;
 pub mod journal;
 pub mod records;
+mod versions;
 
 use chunks::ChunkStore;
 use config::{StoreConfig, CONFIG_FILE};
@@ -31,6 +32,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+pub use versions::{GcReport, LogEntry, Retention, Stats};
 
 pub const NAME_BYTES_MAX: usize = 255;
 pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
@@ -92,6 +94,8 @@ pub struct Store {
     chunks: ChunkStore,
     ns_lock: Mutex<()>,
     inode_locks: Vec<Mutex<()>>,
+    /// Shared by commits from sealing to applying; exclusive while gc unlinks chunks.
+    chunk_gc: parking_lot::RwLock<()>,
     next_ino: AtomicU64,
     /// The index refused a record the journal holds: memory and disk disagree until remount.
     index_failed: AtomicBool,
@@ -130,6 +134,7 @@ fn new_inode(n: &NewNode, now: Timestamp) -> Inode {
         last_gen: 0,
         target: n.target.clone(),
         next_cookie: FIRST_COOKIE,
+        history: None,
     }
 }
 
@@ -204,6 +209,7 @@ impl Store {
             chunks,
             ns_lock: Mutex::new(()),
             inode_locks: (0..INODE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            chunk_gc: parking_lot::RwLock::new(()),
             next_ino: AtomicU64::new(next_ino),
             index_failed: AtomicBool::new(false),
             recovery: RecoveryReport {
@@ -360,7 +366,8 @@ impl Store {
         child.ctime = now;
         let mut ops =
             vec![Op::DelDirent { parent, name: name.to_vec() }, Op::PutInode { ino: parent, inode: dir }];
-        ops.push(self.release_inode(ino, child)?);
+        // The inode stays even without names: open descriptors, history and time travel use it.
+        ops.push(Op::PutInode { ino, inode: child });
         self.mutate(ops)?;
         Ok(ino)
     }
@@ -368,7 +375,7 @@ impl Store {
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> StoreResult<Ino> {
         let (ino, _) = self.index.lookup(parent, name)?.ok_or(StoreError::NotFound)?;
         let _locks = self.lock_inodes(&[parent, ino]);
-        let (ino, child) = self.lookup(parent, name)?;
+        let (ino, mut child) = self.lookup(parent, name)?;
         if child.kind != Kind::Dir {
             return Err(StoreError::NotDir);
         }
@@ -380,9 +387,12 @@ impl Store {
         dir.mtime = now;
         dir.ctime = now;
         dir.nlink = dir.nlink.saturating_sub(1);
+        // Kept, unnamed, for time travel and snapshots (gc may drop it later).
+        child.nlink = 0;
+        child.ctime = now;
         self.mutate(vec![
             Op::DelDirent { parent, name: name.to_vec() },
-            Op::DelInode { ino, xattrs: self.index.xattr_names(ino)? },
+            Op::PutInode { ino, inode: child },
             Op::PutInode { ino: parent, inode: dir },
         ])?;
         Ok(ino)
@@ -488,12 +498,16 @@ impl Store {
                     }
                     if d_inode.kind == Kind::Dir {
                         dir2.nlink = dir2.nlink.saturating_sub(1);
-                        ops.push(Op::DelInode { ino: d, xattrs: self.index.xattr_names(d)? });
+                        d_inode.nlink = 0;
                     } else {
                         d_inode.nlink = d_inode.nlink.saturating_sub(1);
-                        d_inode.ctime = now;
-                        ops.push(self.release_inode(d, d_inode)?);
+                        if src_inode.kind == Kind::File && d_inode.kind == Kind::File {
+                            // Save by rename keeps one history.
+                            ops.extend(self.adopt_history(src, &mut src_inode, d, &d_inode)?);
+                        }
                     }
+                    d_inode.ctime = now;
+                    ops.push(Op::PutInode { ino: d, inode: d_inode });
                     replaced = Some(d);
                 }
                 let cookie = take_cookie(&mut dir1, &mut dir2, p1 == p2, false);
@@ -637,15 +651,6 @@ impl Store {
             return Err(StoreError::io("statvfs", std::io::Error::last_os_error()));
         }
         Ok(st)
-    }
-
-    /// The op that records an inode losing a name: gone entirely if nothing else needs it.
-    /// Regular files stay (with nlink 0) so open descriptors and history can still reach them.
-    fn release_inode(&self, ino: Ino, inode: Inode) -> StoreResult<Op> {
-        if inode.nlink == 0 && inode.kind != Kind::File {
-            return Ok(Op::DelInode { ino, xattrs: self.index.xattr_names(ino)? });
-        }
-        Ok(Op::PutInode { ino, inode })
     }
 
     pub fn inode_count(&self) -> u64 {

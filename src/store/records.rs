@@ -85,6 +85,9 @@ pub struct Inode {
     pub target: Vec<u8>,
     /// Directories: the readdir cookie the next entry gets (stable offsets).
     pub next_cookie: u64,
+    /// The file this one replaced by rename: its generations are this file's earlier history
+    /// (this file's own generation numbers continue after the predecessor's).
+    pub history: Option<Ino>,
 }
 
 /// One stored chunk: content hash and length (chunks at the end of a file may be short; a
@@ -169,11 +172,28 @@ pub enum Op {
         ino: Ino,
         name: Vec<u8>,
     },
+    /// Drops a generation; chunk references fall (a chunk at zero is garbage for gc).
+    DelGeneration {
+        ino: Ino,
+        gen: u64,
+    },
+    /// A named snapshot: the tree as of this record's sequence number.
+    PutSnapshot {
+        name: Vec<u8>,
+    },
+    DelSnapshot {
+        name: Vec<u8>,
+    },
+    /// Forgets a chunk whose reference count is zero (its file was unlinked by gc).
+    DropChunk {
+        hash: Hash,
+    },
 }
 
 /// A journal record: one atomic, ordered change of the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub seq: u64,
+    pub time: Timestamp,
     pub ops: Vec<Op>,
 }

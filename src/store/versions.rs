@@ -1,0 +1,542 @@
+//! Versions: history that survives save-by-rename, time travel, snapshots, restore, retention
+//! and garbage collection. Snapshots and time travel are sequence numbers: the index keeps
+//! what every name pointed to from which record on (`h` keys), so reading the tree as of any
+//! sequence number needs no copy, and creating a snapshot is one small record (O(1)).
+
+use super::draft::Draft;
+use super::error::{StoreError, StoreResult};
+use super::index::Snapshot;
+use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Timestamp};
+use super::Store;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+/// One line of a file's log.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub gen: u64,
+    /// The inode that holds the generation (a predecessor replaced by rename, or the file).
+    pub owner: Ino,
+    pub manifest: Manifest,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    /// (inode, generation, size) of every generation dropped (or that would be, dry run).
+    pub dropped: Vec<(Ino, u64, u64)>,
+    pub freed_chunks: u64,
+    pub freed_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub files: u64,
+    pub generations: u64,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub chunks: u64,
+    pub snapshots: u64,
+}
+
+/// Cap on the space old generations may take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxSize {
+    Bytes(u64),
+    Percent(f64),
+}
+
+/// A retention policy, in the vocabulary of restic, borg and snapper (docs/xattrs.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retention {
+    pub keep_last: Option<u64>,
+    pub keep_within_secs: Option<u64>,
+    pub keep_hourly: Option<u64>,
+    pub keep_daily: Option<u64>,
+    pub keep_weekly: Option<u64>,
+    pub keep_monthly: Option<u64>,
+    pub max_size: Option<MaxSize>,
+}
+
+/// Where a file's own retention setting is kept (a hidden attribute of the inode).
+const RETENTION_XATTR: &[u8] = b"user.genfs.retention";
+const DAY_SECS: i64 = 86_400;
+
+impl Retention {
+    pub fn default_policy() -> Retention {
+        Retention {
+            keep_last: Some(20),
+            keep_within_secs: Some(DAY_SECS as u64),
+            keep_hourly: Some(168),
+            keep_daily: Some(90),
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_duration(v: &str) -> Option<u64> {
+    let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn parse_bytes(v: &str) -> Option<u64> {
+    let (num, mult) = match v.char_indices().last()? {
+        (i, 'K' | 'k') => (&v[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&v[..i], 1 << 20),
+        (i, 'G' | 'g') => (&v[..i], 1 << 30),
+        (i, 'T' | 't') => (&v[..i], 1 << 40),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+impl FromStr for Retention {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Retention, String> {
+        let mut r = Retention::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (k, v) = item.split_once('=').ok_or_else(|| format!("`{item}`: expected key=value"))?;
+            let count = || v.parse::<u64>().map_err(|_| format!("`{item}`: {v} is not a count"));
+            match k {
+                "keep-last" => r.keep_last = Some(count()?),
+                "keep-hourly" => r.keep_hourly = Some(count()?),
+                "keep-daily" => r.keep_daily = Some(count()?),
+                "keep-weekly" => r.keep_weekly = Some(count()?),
+                "keep-monthly" => r.keep_monthly = Some(count()?),
+                "keep-within" => {
+                    r.keep_within_secs = Some(
+                        parse_duration(v)
+                            .ok_or_else(|| format!("`{item}`: durations look like 90s, 30m, 24h, 7d, 2w"))?,
+                    )
+                }
+                "max-size" => {
+                    r.max_size = Some(match v.strip_suffix('%') {
+                        Some(p) => MaxSize::Percent(
+                            p.parse::<f64>()
+                                .ok()
+                                .filter(|p| (0.0..=100.0).contains(p))
+                                .ok_or_else(|| format!("`{item}`: a percentage from 0 to 100"))?,
+                        ),
+                        None => MaxSize::Bytes(
+                            parse_bytes(v)
+                                .ok_or_else(|| format!("`{item}`: sizes look like 500M, 10G or 5%"))?,
+                        ),
+                    })
+                }
+                other => return Err(format!("unknown retention key `{other}`")),
+            }
+        }
+        Ok(r)
+    }
+}
+
+impl fmt::Display for Retention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        let counts = [
+            ("keep-last", self.keep_last),
+            ("keep-hourly", self.keep_hourly),
+            ("keep-daily", self.keep_daily),
+            ("keep-weekly", self.keep_weekly),
+            ("keep-monthly", self.keep_monthly),
+        ];
+        for (k, v) in counts {
+            if let Some(v) = v {
+                parts.push(format!("{k}={v}"));
+            }
+        }
+        if let Some(s) = self.keep_within_secs {
+            parts.push(format!("keep-within={s}s"));
+        }
+        match self.max_size {
+            Some(MaxSize::Bytes(b)) => parts.push(format!("max-size={b}")),
+            Some(MaxSize::Percent(p)) => parts.push(format!("max-size={p}%")),
+            None => {}
+        }
+        write!(f, "{}", parts.join(","))
+    }
+}
+
+/// (year, month) of a day count since the epoch (proleptic Gregorian).
+fn year_month(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month)
+}
+
+/// Indices (into `times`, newest first) that the keep rules keep.
+fn keep_set(policy: &Retention, times: &[Timestamp], now: Timestamp) -> BTreeSet<usize> {
+    let mut keep = BTreeSet::new();
+    if let Some(n) = policy.keep_last {
+        keep.extend(0..(n as usize).min(times.len()));
+    }
+    if let Some(w) = policy.keep_within_secs {
+        let cutoff = now.secs - w as i64;
+        keep.extend(times.iter().enumerate().filter(|(_, t)| t.secs >= cutoff).map(|(i, _)| i));
+    }
+    let buckets: [(Option<u64>, &dyn Fn(i64) -> i64); 4] = [
+        (policy.keep_hourly, &|s| s.div_euclid(3600)),
+        (policy.keep_daily, &|s| s.div_euclid(DAY_SECS)),
+        (policy.keep_weekly, &|s| (s.div_euclid(DAY_SECS) + 3).div_euclid(7)),
+        (policy.keep_monthly, &|s| {
+            let (y, m) = year_month(s.div_euclid(DAY_SECS));
+            y * 12 + m as i64
+        }),
+    ];
+    for (limit, bucket) in buckets {
+        let Some(limit) = limit else { continue };
+        let mut seen = HashSet::new();
+        for (i, t) in times.iter().enumerate() {
+            if seen.len() as u64 >= limit {
+                break;
+            }
+            if seen.insert(bucket(t.secs)) {
+                keep.insert(i);
+            }
+        }
+    }
+    keep
+}
+
+impl Store {
+    /// Rename of file `src` over file `dst`: `dst`'s generations become `src`'s earlier
+    /// history, and `src`'s own generations are renumbered to follow them. Returns the ops;
+    /// updates `src_inode`.
+    pub(crate) fn adopt_history(
+        &self,
+        src: Ino,
+        src_inode: &mut Inode,
+        dst: Ino,
+        dst_inode: &Inode,
+    ) -> StoreResult<Vec<Op>> {
+        if src_inode.history.is_some() {
+            return Ok(Vec::new());
+        }
+        let base = dst_inode.last_gen;
+        let own = self.index.generations(src)?;
+        // All drops first, then the puts: new numbers may collide with old ones.
+        let mut ops: Vec<Op> = own.iter().map(|(g, _)| Op::DelGeneration { ino: src, gen: *g }).collect();
+        for (g, m) in own {
+            ops.push(Op::PutGeneration { ino: src, gen: base + g, manifest: m });
+        }
+        if src_inode.gen > 0 {
+            src_inode.gen += base;
+        }
+        src_inode.last_gen += base;
+        src_inode.history = Some(dst);
+        Ok(ops)
+    }
+
+    /// Every kept generation of the file, its predecessors' first; oldest first.
+    pub fn log(&self, ino: Ino) -> StoreResult<Vec<LogEntry>> {
+        let mut chain = vec![ino];
+        let mut seen = HashSet::from([ino]);
+        let mut at = self.inode(ino)?;
+        while let Some(prev) = at.history {
+            if !seen.insert(prev) {
+                break;
+            }
+            chain.push(prev);
+            at = self.inode(prev)?;
+        }
+        let mut out = Vec::new();
+        for owner in chain.into_iter().rev() {
+            for (gen, manifest) in self.index.generations(owner)? {
+                out.push(LogEntry { gen, owner, manifest });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Generation `gen` of the file's history (its own or a predecessor's).
+    pub fn history_generation(&self, ino: Ino, gen: u64) -> StoreResult<Option<(Ino, Manifest)>> {
+        let mut at = ino;
+        let mut hops = 0;
+        loop {
+            if let Some(m) = self.index.generation(at, gen)? {
+                return Ok(Some((at, m)));
+            }
+            match self.inode(at)?.history {
+                Some(prev) if hops < 1024 => {
+                    at = prev;
+                    hops += 1;
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// The generation of `ino` that was current at sequence number `seq` (0: none yet).
+    pub fn generation_at(&self, ino: Ino, seq: u64) -> StoreResult<(u64, Manifest)> {
+        let found = self.index.generations(ino)?.into_iter().rev().find(|(_, m)| m.seq <= seq);
+        Ok(found.unwrap_or_else(|| (0, Manifest::empty())))
+    }
+
+    pub fn lookup_at(&self, parent: Ino, name: &[u8], seq: u64) -> StoreResult<(Ino, Inode)> {
+        let (ino, _) = self.index.lookup_at(parent, name, seq)?.ok_or(StoreError::NotFound)?;
+        Ok((ino, self.inode(ino)?))
+    }
+
+    pub fn readdir_at(&self, dir: Ino, seq: u64) -> StoreResult<Vec<(Vec<u8>, Ino, Kind)>> {
+        self.index.readdir_at(dir, seq)
+    }
+
+    pub fn seq_at_time(&self, t: Timestamp) -> StoreResult<u64> {
+        self.index.seq_at_time(t)
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.journal.last_seq()
+    }
+
+    pub fn snapshots(&self) -> StoreResult<Vec<(Vec<u8>, Snapshot)>> {
+        self.index.snapshots()
+    }
+
+    /// A named snapshot of the whole tree: one record, whatever the size of the tree.
+    pub fn snapshot_create(&self, name: &[u8]) -> StoreResult<u64> {
+        super::validate_name(name)?;
+        let _ns = self.ns_lock.lock();
+        if self.index.snapshots()?.iter().any(|(n, _)| n == name) {
+            return Err(StoreError::Exists);
+        }
+        drop(_ns);
+        // The commit just before it must be durable as well: a snapshot is durable at once.
+        let seq = self.mutate(vec![Op::PutSnapshot { name: name.to_vec() }])?;
+        self.sync()?;
+        Ok(seq)
+    }
+
+    pub fn snapshot_delete(&self, name: &[u8]) -> StoreResult<()> {
+        if !self.index.snapshots()?.iter().any(|(n, _)| n == name) {
+            return Err(StoreError::NotFound);
+        }
+        self.mutate(vec![Op::DelSnapshot { name: name.to_vec() }])?;
+        self.sync()
+    }
+
+    /// Commits a new generation equal to generation `gen` (history is kept).
+    pub fn restore(&self, ino: Ino, gen: u64) -> StoreResult<Inode> {
+        let (_, manifest) = self.history_generation(ino, gen)?.ok_or(StoreError::NotFound)?;
+        let mut draft = Draft::new(ino, gen, &manifest, self.root.join("staging"));
+        draft.dirty = true;
+        draft.mtime = Timestamp::now();
+        self.commit(&mut draft)
+    }
+
+    /// The policy that applies to `ino`: its own, else the nearest ancestor's, else the default.
+    pub fn retention_of(&self, ino: Ino) -> StoreResult<Retention> {
+        let mut at = ino;
+        for _ in 0..4096 {
+            if let Some(text) = self.index.xattr(at, RETENTION_XATTR)? {
+                let text = String::from_utf8_lossy(&text);
+                return text.parse().map_err(|e| StoreError::Corrupted(format!("retention of {at}: {e}")));
+            }
+            if at == super::records::ROOT_INO {
+                break;
+            }
+            at = self.parent_of(at)?;
+        }
+        Ok(Retention::default_policy())
+    }
+
+    /// Sets (or with None clears) the policy of `ino`; `text` is checked first.
+    pub fn set_retention(&self, ino: Ino, text: Option<&str>) -> StoreResult<()> {
+        match text {
+            Some(t) => {
+                let policy: Retention = t.parse().map_err(|_| StoreError::InvalidArgument)?;
+                let canonical = policy.to_string();
+                self.set_xattr(ino, RETENTION_XATTR, canonical.as_bytes(), super::XattrMode::Any)
+            }
+            None => match self.remove_xattr(ino, RETENTION_XATTR) {
+                Err(StoreError::NoAttribute) => Ok(()),
+                other => other,
+            },
+        }
+    }
+
+    /// Applies retention to every file, then unlinks chunks nothing references any more.
+    /// `pinned`: (inode, generation) pairs in use by open files and drafts.
+    pub fn gc(&self, pinned: &HashSet<(Ino, u64)>, dry_run: bool) -> StoreResult<GcReport> {
+        let mut report = GcReport::default();
+        let inodes = self.index.inodes()?;
+        let predecessors: HashSet<Ino> = inodes.iter().filter_map(|(_, i)| i.history).collect();
+        let snapshot_seqs: Vec<u64> = self.index.snapshots()?.iter().map(|(_, s)| s.seq).collect();
+        let capacity = self.statfs().map(|st| st.f_blocks * st.f_frsize).unwrap_or(0);
+        let now = Timestamp::now();
+        for (ino, inode) in &inodes {
+            if inode.kind != Kind::File || predecessors.contains(ino) {
+                continue;
+            }
+            let drops = self.gc_plan(*ino, inode, pinned, &snapshot_seqs, capacity, now)?;
+            if drops.is_empty() {
+                continue;
+            }
+            report.dropped.extend(drops.iter().map(|e| (e.owner, e.gen, e.manifest.size)));
+            if !dry_run {
+                let ops = drops.iter().map(|e| Op::DelGeneration { ino: e.owner, gen: e.gen }).collect();
+                self.mutate(ops)?;
+            }
+        }
+        let (chunks, bytes) = self.collect_chunks(dry_run, &report)?;
+        report.freed_chunks = chunks;
+        report.freed_bytes = bytes;
+        if !dry_run {
+            self.sync()?;
+        }
+        Ok(report)
+    }
+
+    /// The generations of one file's log that its policy drops.
+    fn gc_plan(
+        &self,
+        ino: Ino,
+        inode: &Inode,
+        pinned: &HashSet<(Ino, u64)>,
+        snapshot_seqs: &[u64],
+        capacity: u64,
+        now: Timestamp,
+    ) -> StoreResult<Vec<LogEntry>> {
+        let policy = self.retention_of(ino)?;
+        let mut log = self.log(ino)?;
+        log.reverse(); // newest first
+        let times: Vec<Timestamp> = log.iter().map(|e| e.manifest.committed).collect();
+        let mut keep = keep_set(&policy, &times, now);
+        let mut must: BTreeSet<usize> = BTreeSet::new();
+        for (i, e) in log.iter().enumerate() {
+            let current = e.owner == ino && e.gen == inode.gen && inode.nlink > 0;
+            let in_snapshot = snapshot_seqs.iter().any(|s| {
+                e.manifest.seq <= *s
+                    && log[..i].iter().all(|newer| newer.manifest.seq > *s || newer.owner != e.owner)
+            });
+            if current || pinned.contains(&(e.owner, e.gen)) || in_snapshot {
+                must.insert(i);
+            }
+        }
+        if let Some(cap) = policy.max_size {
+            let cap = match cap {
+                MaxSize::Bytes(b) => b,
+                MaxSize::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+            };
+            // Oldest kept generations go first until the history fits.
+            let history = |keep: &BTreeSet<usize>| -> u64 {
+                keep.iter().filter(|i| !must.contains(i)).map(|i| log[*i].manifest.size).sum()
+            };
+            while history(&keep) > cap {
+                let Some(oldest) = keep.iter().rev().find(|i| !must.contains(i)).copied() else { break };
+                keep.remove(&oldest);
+            }
+        }
+        keep.extend(must);
+        Ok(log.into_iter().enumerate().filter(|(i, _)| !keep.contains(i)).map(|(_, e)| e).collect())
+    }
+
+    /// Unlinks chunk files whose reference count is zero. Commits hold the gc lock shared from
+    /// sealing to applying, so no commit can be about to reference a chunk removed here.
+    fn collect_chunks(&self, dry_run: bool, report: &GcReport) -> StoreResult<(u64, u64)> {
+        let _gc = self.chunk_gc.write();
+        let mut counts: HashMap<Hash, (u64, u32)> =
+            self.index.chunks()?.into_iter().map(|(h, c, l)| (h, (c, l))).collect();
+        if dry_run {
+            // What the planned drops would free.
+            for (owner, gen, _) in &report.dropped {
+                if let Some(m) = self.index.generation(*owner, *gen)? {
+                    for c in m.chunks.values() {
+                        if let Some(entry) = counts.get_mut(&c.hash) {
+                            entry.0 = entry.0.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+        }
+        let garbage: Vec<(Hash, u32)> =
+            counts.into_iter().filter(|(_, (c, _))| *c == 0).map(|(h, (_, l))| (h, l)).collect();
+        let bytes = garbage.iter().map(|(_, l)| *l as u64).sum();
+        if dry_run || garbage.is_empty() {
+            return Ok((garbage.len() as u64, bytes));
+        }
+        for (hash, _) in &garbage {
+            let path = self.chunks.path(hash);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(format!("remove chunk {}", path.display()), e)),
+            }
+            self.chunks.forget(hash);
+        }
+        self.mutate(garbage.iter().map(|(hash, _)| Op::DropChunk { hash: *hash }).collect())?;
+        Ok((garbage.len() as u64, bytes))
+    }
+
+    pub fn stats(&self) -> StoreResult<Stats> {
+        let mut s = Stats::default();
+        for (ino, inode) in self.index.inodes()? {
+            if inode.kind == Kind::File && inode.nlink > 0 {
+                s.files += 1;
+            }
+            for (_, m) in self.index.generations(ino)? {
+                s.generations += 1;
+                s.logical_bytes += m.size;
+            }
+        }
+        for (_, count, len) in self.index.chunks()? {
+            if count > 0 {
+                s.chunks += 1;
+                s.stored_bytes += len as u64;
+            }
+        }
+        s.snapshots = self.index.snapshots()?.len() as u64;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_text_round_trips_and_rejects_nonsense() {
+        let r: Retention = "keep-last=5,keep-within=24h,keep-daily=30,max-size=10%".parse().unwrap();
+        assert_eq!(r.keep_last, Some(5));
+        assert_eq!(r.keep_within_secs, Some(86_400));
+        assert_eq!(r.max_size, Some(MaxSize::Percent(10.0)));
+        assert_eq!(r.to_string().parse::<Retention>().unwrap(), r);
+        assert!("keep-forever=1".parse::<Retention>().is_err());
+        assert!("keep-last=many".parse::<Retention>().is_err());
+        assert!("max-size=120%".parse::<Retention>().is_err());
+        assert_eq!("max-size=2G".parse::<Retention>().unwrap().max_size, Some(MaxSize::Bytes(2 << 30)));
+    }
+
+    #[test]
+    fn keep_rules_pick_the_newest_per_bucket() {
+        let now = Timestamp { secs: 10 * DAY_SECS + DAY_SECS / 2, nanos: 0 };
+        // Newest first: 3 in the last hour, then one per day going back.
+        let mut times = vec![
+            now,
+            Timestamp { secs: now.secs - 60, nanos: 0 },
+            Timestamp { secs: now.secs - 120, nanos: 0 },
+        ];
+        times.extend((1..6).map(|d| Timestamp { secs: now.secs - d * DAY_SECS, nanos: 0 }));
+        let last2 = Retention { keep_last: Some(2), ..Default::default() };
+        assert_eq!(keep_set(&last2, &times, now), BTreeSet::from([0, 1]));
+        let daily3 = Retention { keep_daily: Some(3), ..Default::default() };
+        assert_eq!(keep_set(&daily3, &times, now), BTreeSet::from([0, 3, 4]));
+        assert_eq!(year_month(0), (1970, 1));
+        assert_eq!(year_month(31), (1970, 2));
+    }
+}
