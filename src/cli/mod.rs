@@ -1,7 +1,12 @@
 //! The `genfs` command line. Each subcommand is a function returning `anyhow::Result`; main
 //! prints the error chain once as `genfs: <context>: <cause>`.
 
+mod admin;
+mod history;
 mod mount;
+mod time;
+mod tree;
+mod versions;
 
 use crate::store::config::CONFIG_FILE;
 use crate::store::{Store, StoreError};
@@ -34,6 +39,8 @@ enum Command {
     ///
     /// Example: genfs mount ~/.local/share/genfs/default /tmp/genfs
     Mount(mount::MountArgs),
+    #[command(flatten)]
+    Versions(versions::VersionCommand),
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -54,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Mkfs { store, chunk_size } => mkfs(&store, chunk_size),
         Command::Mount(args) => mount::mount(args),
+        Command::Versions(cmd) => versions::run(cmd),
     }
 }
 

@@ -1,0 +1,202 @@
+//! `genfs restore --tree DIR@TIME`: brings every regular file under DIR back to its content at
+//! TIME, read from the time-travel view `/.genfs/at/TIME/<DIR>`, by writing that content to the
+//! live path where it differs (each such write is a new generation; nothing is deleted).
+
+use super::history::{cause, file_spec, GenSpec, OnMount};
+use super::time::format_rfc3339;
+use super::versions::stream_compare;
+use anyhow::{anyhow, bail};
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default)]
+struct Tally {
+    rewritten: u64,
+    recreated: u64,
+    unchanged: u64,
+    skipped: u64,
+    failed: u64,
+}
+
+fn progress(msg: std::fmt::Arguments) {
+    let _ = writeln!(io::stderr(), "{msg}");
+}
+
+pub fn restore_tree(target: &OsString) -> anyhow::Result<()> {
+    let (dir, spec) = file_spec(target);
+    let GenSpec::At(t) = spec else {
+        bail!(
+            "{}: --tree needs DIR@TIME, TIME in RFC 3339 (e.g. 2026-11-22T05:30:00Z)",
+            Path::new(target).display()
+        );
+    };
+    let m = OnMount::locate(&dir)?;
+    if !m.is_dir {
+        bail!("{}: not a directory (restore --tree takes DIR@TIME; for one file, FILE@TIME)", dir.display());
+    }
+    let abs = fs::canonicalize(&dir).map_err(|e| anyhow!("{}: {}", dir.display(), cause(&e)))?;
+    let rel = abs.strip_prefix(&m.root).unwrap_or(Path::new(""));
+    let time = format_rfc3339(t);
+    let view = m.root.join(".genfs/at").join(&time).join(rel);
+    match fs::symlink_metadata(&view) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => bail!("{}: was not a directory at {time}", dir.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("{}: did not exist at {time}", dir.display()),
+        Err(e) => bail!("{}: cannot open {}: {}", dir.display(), view.display(), cause(&e)),
+    }
+    progress(format_args!("restoring {} as of {time} from {}", dir.display(), view.display()));
+    let mut tally = Tally::default();
+    walk(&view, &dir, &mut tally);
+    progress(format_args!(
+        "{}: {} rewritten, {} recreated, {} unchanged, {} skipped, {} failed",
+        dir.display(),
+        tally.rewritten,
+        tally.recreated,
+        tally.unchanged,
+        tally.skipped,
+        tally.failed
+    ));
+    if tally.failed > 0 {
+        bail!("{}: {} files could not be restored (see above)", dir.display(), tally.failed);
+    }
+    Ok(())
+}
+
+/// Restores what `view` (a directory of the time-travel view) holds into `live`.
+fn walk(view: &Path, live: &Path, tally: &mut Tally) {
+    let names: io::Result<Vec<OsString>> =
+        fs::read_dir(view).and_then(|rd| rd.map(|e| e.map(|e| e.file_name())).collect());
+    let mut names = match names {
+        Ok(names) => names,
+        Err(e) => {
+            progress(format_args!(
+                "genfs: {}: cannot list {}: {}",
+                live.display(),
+                view.display(),
+                cause(&e)
+            ));
+            tally.failed += 1;
+            return;
+        }
+    };
+    names.sort();
+    for name in names {
+        let (v, l) = (view.join(&name), live.join(&name));
+        let meta = match fs::symlink_metadata(&v) {
+            Ok(m) => m,
+            Err(e) => {
+                progress(format_args!("genfs: {}: cannot read {}: {}", l.display(), v.display(), cause(&e)));
+                tally.failed += 1;
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            match fs::symlink_metadata(&l) {
+                Ok(lm) if !lm.is_dir() => {
+                    progress(format_args!("skipped {}: no longer a directory", l.display()));
+                    tally.skipped += 1;
+                }
+                _ => walk(&v, &l, tally),
+            }
+        } else if meta.is_file() {
+            match restore_file(&v, &meta, &l, tally) {
+                Ok(()) => {}
+                Err(e) => {
+                    progress(format_args!("genfs: {e:#}"));
+                    tally.failed += 1;
+                }
+            }
+        } else {
+            tally.skipped += 1; // symlinks, devices, fifos, sockets: not versioned content
+        }
+    }
+}
+
+fn restore_file(view: &Path, meta: &Metadata, live: &Path, tally: &mut Tally) -> anyhow::Result<()> {
+    let shown = live.display();
+    match fs::symlink_metadata(live) {
+        Ok(lm) if lm.is_file() => {
+            if lm.len() == meta.len() && same_content(view, live)? {
+                tally.unchanged += 1;
+                return Ok(());
+            }
+            let out = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(live)
+                .map_err(|e| anyhow!("{shown}: cannot open for writing: {}", cause(&e)))?;
+            copy_and_close(view, out, live)?;
+            tally.rewritten += 1;
+            progress(format_args!("rewrote {shown}"));
+        }
+        Ok(_) => {
+            progress(format_args!("skipped {shown}: no longer a regular file"));
+            tally.skipped += 1;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = live.parent() {
+                ensure_dir(parent, view.parent().unwrap_or(Path::new("/")))?;
+            }
+            let out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(meta.permissions().mode() & 0o7777)
+                .open(live)
+                .map_err(|e| anyhow!("{shown}: cannot create: {}", cause(&e)))?;
+            copy_and_close(view, out, live)?;
+            tally.recreated += 1;
+            progress(format_args!("recreated {shown}"));
+        }
+        Err(e) => bail!("{shown}: {}", cause(&e)),
+    }
+    Ok(())
+}
+
+fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    let open = |p: &Path| File::open(p).map_err(|e| anyhow!("{}: cannot open: {}", p.display(), cause(&e)));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (first, la, lb) = stream_compare(&mut fa, &mut fb)
+        .map_err(|e| anyhow!("{}: cannot compare: {}", b.display(), cause(&e)))?;
+    Ok(first.is_none() && la == lb)
+}
+
+/// Copies `from` into `out` and closes it, reporting the error of close(2): genfs commits the
+/// new generation there.
+fn copy_and_close(from: &Path, mut out: File, live: &Path) -> anyhow::Result<()> {
+    let mut src = File::open(from)
+        .map_err(|e| anyhow!("{}: cannot open {}: {}", live.display(), from.display(), cause(&e)))?;
+    io::copy(&mut src, &mut out).map_err(|e| anyhow!("{}: cannot write: {}", live.display(), cause(&e)))?;
+    let fd = out.into_raw_fd();
+    // SAFETY: `fd` came from into_raw_fd and is closed exactly once.
+    if unsafe { libc::close(fd) } != 0 {
+        let e = io::Error::last_os_error();
+        bail!("{}: commit failed at close: {}", live.display(), cause(&e));
+    }
+    Ok(())
+}
+
+/// Creates `live` (and missing parents) as a directory, with the mode the view shows for it.
+fn ensure_dir(live: &Path, view: &Path) -> anyhow::Result<()> {
+    if fs::symlink_metadata(live).is_ok() {
+        return Ok(());
+    }
+    let parents: Vec<(PathBuf, PathBuf)> = live
+        .ancestors()
+        .zip(view.ancestors())
+        .take_while(|(l, _)| fs::symlink_metadata(l).is_err())
+        .map(|(l, v)| (l.to_path_buf(), v.to_path_buf()))
+        .collect();
+    for (l, v) in parents.iter().rev() {
+        let mode = fs::metadata(v).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755);
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(l)
+            .map_err(|e| anyhow!("{}: cannot create directory: {}", l.display(), cause(&e)))?;
+        progress(format_args!("recreated directory {}", l.display()));
+    }
+    Ok(())
+}
