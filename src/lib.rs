@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod fs;
 pub mod store;
+pub mod versions;

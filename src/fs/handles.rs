@@ -29,6 +29,10 @@ pub struct Writer {
     pub append: bool,
     /// Changed through this handle since its last commit.
     pub dirty: AtomicBool,
+    /// The only change since the last commit is the O_TRUNC of this handle's open.
+    pub only_truncated: AtomicBool,
+    /// The empty generation such a change committed: this handle's next commit replaces it.
+    pub superseded: Mutex<Option<u64>>,
     /// Thread that opened it: an O_TRUNC arrives later as a handle-less SETATTR from it.
     pub opener_tid: u32,
 }
@@ -129,5 +133,11 @@ impl OpenFiles {
 
     pub fn get(&self, ino: Ino) -> Option<Arc<OpenFile>> {
         self.map.lock().get(&ino).cloned()
+    }
+
+    /// (file, base generation) of every open draft: its untouched chunks come from there.
+    pub fn pinned(&self) -> Vec<(Ino, u64)> {
+        let files: Vec<Arc<OpenFile>> = self.map.lock().values().cloned().collect();
+        files.iter().map(|f| (f.ino, f.slot.lock().draft.base_gen)).collect()
     }
 }

@@ -9,9 +9,12 @@ mod attr;
 mod handles;
 mod locks;
 pub mod nodes;
+mod version_xattrs;
+mod view_ops;
 
 use crate::store::records::{Ino, Inode, Kind, Timestamp, ROOT_INO};
 use crate::store::{NewNode, RenameMode, SetAttrs, Store, StoreError, StoreResult, XattrMode};
+use crate::versions::views::{self, View, Views};
 use attr::{kind_from_mode, to_attr};
 use crossbeam_channel::{Receiver, Sender};
 use fuser::{
@@ -39,8 +42,9 @@ const WRITE_BYTES_MAX: u32 = 1 << 20;
 const NAMESPACE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 const CHECKPOINT_EVERY_SYNCS: u32 = 60;
 /// Virtual attributes: answered by genfs, never stored, never listed.
-const XATTR_PREFIX: &[u8] = b"user.genfs.";
-const XATTR_GENERATION: &[u8] = b"user.genfs.generation";
+const XATTR_PREFIX: &[u8] = crate::versions::PREFIX;
+/// Retention is applied in the background this often.
+const GC_EVERY_SYNCS: u32 = 600;
 
 type Job = Box<dyn FnOnce(&Core) + Send>;
 
@@ -53,6 +57,10 @@ pub struct Core {
     locks: Locks,
     notifier: OnceLock<Notifier>,
     stopping: AtomicBool,
+    views: Views,
+    mounted_at: Timestamp,
+    /// Report of the last gc run (`user.genfs.gc`).
+    last_gc: parking_lot::Mutex<Vec<u8>>,
 }
 
 pub struct GenFs {
@@ -77,14 +85,6 @@ fn ts(t: TimeOrNow) -> Timestamp {
     }
 }
 
-/// Parent node ids are always directories, whose node id is their inode number.
-fn dir_ino(nodeid: INodeNo) -> StoreResult<Ino> {
-    if Nodes::is_file_node(nodeid.0) {
-        return Err(StoreError::NotDir);
-    }
-    Ok(nodeid.0)
-}
-
 impl GenFs {
     pub fn new(store: Store) -> GenFs {
         let core = Arc::new(Core {
@@ -95,6 +95,9 @@ impl GenFs {
             locks: Locks::default(),
             notifier: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            views: Views::default(),
+            mounted_at: Timestamp::now(),
+            last_gc: parking_lot::Mutex::new(Vec::new()),
         });
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let mut threads = Vec::new();
@@ -191,11 +194,47 @@ impl Core {
         Ok(to_attr(nodeid, &inode, node.manifest.size, node.manifest.mtime))
     }
 
+    /// The store inode behind a node (for a view: the inode it shows).
     fn ino_of(&self, nodeid: u64) -> StoreResult<Ino> {
+        if let Some(view) = self.views.get(nodeid) {
+            return match view {
+                View::Dir { ino, .. } | View::Other { ino, .. } | View::File { ino, .. } => Ok(ino),
+                View::Generations { ino } => Ok(ino),
+                View::Fixed(_) => Err(StoreError::NoAttribute),
+            };
+        }
         if Nodes::is_file_node(nodeid) {
             return self.nodes.get(nodeid).map(|n| n.ino).ok_or(StoreError::Stale);
         }
         Ok(nodeid)
+    }
+
+    /// The store inode behind a node that is about to change: views are read-only.
+    fn writable_ino_of(&self, nodeid: u64) -> StoreResult<Ino> {
+        if views::is_fixed(nodeid) || self.views.get(nodeid).is_some() {
+            return Err(StoreError::ReadOnly);
+        }
+        self.ino_of(nodeid)
+    }
+
+    /// A directory that is about to gain or lose entries. Real directories' node ids are their
+    /// inode numbers; views are read-only.
+    fn dir_ino(&self, nodeid: INodeNo) -> StoreResult<Ino> {
+        if views::is_fixed(nodeid.0) || self.views.get(nodeid.0).is_some() {
+            return Err(StoreError::ReadOnly);
+        }
+        if Nodes::is_file_node(nodeid.0) {
+            return Err(StoreError::NotDir);
+        }
+        Ok(nodeid.0)
+    }
+
+    /// The hidden `.genfs` name at the root cannot be created, removed or renamed over.
+    fn check_name(parent: Ino, name: &[u8]) -> StoreResult<()> {
+        if parent == ROOT_INO && name == crate::versions::VIEWS_DIR {
+            return Err(StoreError::ReadOnly);
+        }
+        Ok(())
     }
 
     /// Invalidates every name of `ino` in the kernel. Workers only.
@@ -220,7 +259,8 @@ impl Core {
         name: &OsStr,
         mut node: NewNode,
     ) -> StoreResult<(Ino, FileAttr)> {
-        let parent = dir_ino(parent)?;
+        let parent = self.dir_ino(parent)?;
+        Self::check_name(parent, name.as_bytes())?;
         let dir = self.store.inode(parent)?;
         node.uid = req.uid();
         node.gid = req.gid();
@@ -249,7 +289,14 @@ impl Core {
         if !(changed || force) || !slot.draft.dirty {
             return if force { self.store.sync() } else { Ok(()) };
         }
-        self.store.commit(&mut slot.draft)?;
+        // Shells redirect with open(O_TRUNC), dup2, close, write, close: the first close commits
+        // the truncation (close-to-open), and the next commit of this handle replaces it.
+        let only_truncated = w.only_truncated.swap(false, Ordering::SeqCst);
+        let superseded = w.superseded.lock().take();
+        let inode = self.store.commit_superseding(&mut slot.draft, superseded)?;
+        if only_truncated && inode.size == 0 {
+            *w.superseded.lock() = Some(inode.gen);
+        }
         drop(slot);
         self.invalidate_names(handle.ino);
         Ok(())
@@ -286,6 +333,7 @@ impl Core {
         let offset = if w.append { slot.draft.size } else { offset };
         slot.draft.write(offset, data, self.store.chunks())?;
         w.dirty.store(true, Ordering::SeqCst);
+        w.only_truncated.store(false, Ordering::SeqCst);
         Ok(data.len() as u32)
     }
 
@@ -298,6 +346,14 @@ impl Core {
     }
 
     fn open_file(&self, req: &Request, nodeid: u64, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
+        if let Some(view) = self.views.get(nodeid) {
+            let View::File { ino, manifest, .. } = view else { return Err(Errno::EISDIR) };
+            if flags.acc_mode() != OpenAccMode::O_RDONLY {
+                return Err(Errno::EROFS);
+            }
+            let fh = self.handles.insert(Handle { nodeid, ino, kind: HandleKind::Reader(manifest) });
+            return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
+        }
         if !Nodes::is_file_node(nodeid) {
             return Err(Errno::EISDIR);
         }
@@ -325,6 +381,8 @@ impl Core {
             epoch,
             append: flags.0 & libc::O_APPEND != 0,
             dirty: AtomicBool::new(false),
+            only_truncated: AtomicBool::new(false),
+            superseded: parking_lot::Mutex::new(None),
             opener_tid: req.pid(),
         };
         let fh = self.handles.insert(Handle { nodeid, ino: node.ino, kind: HandleKind::Writer(writer) });
@@ -349,18 +407,10 @@ impl Core {
     }
 
     fn xattr_get(&self, nodeid: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
-        let ino = self.ino_of(nodeid)?;
-        if name == XATTR_GENERATION {
-            let inode = self.store.inode(ino)?;
-            if inode.kind != Kind::File {
-                return Err(StoreError::NoAttribute);
-            }
-            return Ok(inode.gen.to_string().into_bytes());
-        }
         if name.starts_with(XATTR_PREFIX) {
-            return Err(StoreError::NoAttribute);
+            return self.version_attr(nodeid, name);
         }
-        self.store.xattr(ino, name)
+        self.store.xattr(self.ino_of(nodeid)?, name)
     }
 }
 
@@ -393,6 +443,11 @@ fn sync_loop(core: &Core) {
                 tracing::error!("checkpoint failed: {e}");
             }
         }
+        if ticks % GC_EVERY_SYNCS == 0 {
+            if let Err(e) = core.run_gc(false) {
+                tracing::error!("background gc failed: {e}");
+            }
+        }
     }
 }
 
@@ -403,7 +458,7 @@ fn reply_entry(reply: ReplyEntry, result: StoreResult<FileAttr>) {
     }
 }
 
-fn reply_empty(reply: ReplyEmpty, result: StoreResult<()>) {
+pub(crate) fn reply_empty(reply: ReplyEmpty, result: StoreResult<()>) {
     match result {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(errno(&e)),
@@ -441,10 +496,17 @@ impl Filesystem for GenFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let c = &self.core;
+        let name = name.as_bytes();
+        if let Some(view) = c.views.get(parent.0) {
+            return reply_entry(reply, c.view_lookup(&view, name));
+        }
+        if parent.0 == ROOT_INO && name == crate::versions::VIEWS_DIR {
+            return reply_entry(reply, c.view_attr(views::GENFS_DIR, &View::Fixed(views::GENFS_DIR)));
+        }
         reply_entry(
             reply,
-            dir_ino(parent)
-                .and_then(|p| c.store.lookup(p, name.as_bytes()))
+            c.dir_ino(parent)
+                .and_then(|p| c.store.lookup(p, name))
                 .and_then(|(ino, inode)| c.entry_attr(ino, &inode, req.pid())),
         );
     }
@@ -452,10 +514,17 @@ impl Filesystem for GenFs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         if Nodes::is_file_node(ino.0) {
             self.core.nodes.forget(ino.0, nlookup);
+            self.core.views.forget(ino.0, nlookup);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(view) = self.core.views.get(ino.0) {
+            return match self.core.view_attr(ino.0, &view) {
+                Ok(attr) => reply.attr(&CACHE_TTL, &attr),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         match self.core.node_attr(ino.0) {
             Ok(attr) => reply.attr(&CACHE_TTL, &attr),
             Err(e) => reply.error(errno(&e)),
@@ -481,7 +550,7 @@ impl Filesystem for GenFs {
         reply: ReplyAttr,
     ) {
         let c = &self.core;
-        let ino = match c.ino_of(nodeid.0) {
+        let ino = match c.writable_ino_of(nodeid.0) {
             Ok(i) => i,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -524,7 +593,7 @@ impl Filesystem for GenFs {
         if let Some(handle) = writer {
             // With a handle it is ftruncate; without, the O_TRUNC of the caller's own open. Either
             // way it changes the draft, and the handle's next close commits it.
-            let result = truncate_draft(c, &handle, size).and_then(|_| c.node_attr(nodeid.0));
+            let result = truncate_draft(c, &handle, size, fh.is_none()).and_then(|_| c.node_attr(nodeid.0));
             return match result {
                 Ok(attr) => reply.attr(&CACHE_TTL, &attr),
                 Err(e) => reply.error(errno(&e)),
@@ -538,7 +607,8 @@ impl Filesystem for GenFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.core.store.inode(ino.0) {
+        let target = self.core.ino_of(ino.0).and_then(|i| self.core.store.inode(i));
+        match target {
             Ok(inode) if inode.kind == Kind::Symlink => reply.data(&inode.target),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(errno(&e)),
@@ -576,12 +646,22 @@ impl Filesystem for GenFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = &self.core;
-        reply_empty(reply, dir_ino(parent).and_then(|p| c.store.unlink(p, name.as_bytes())).map(|_| ()));
+        let name = name.as_bytes();
+        let result = c.dir_ino(parent).and_then(|p| {
+            Core::check_name(p, name)?;
+            c.store.unlink(p, name)
+        });
+        reply_empty(reply, result.map(|_| ()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let c = &self.core;
-        reply_empty(reply, dir_ino(parent).and_then(|p| c.store.rmdir(p, name.as_bytes())).map(|_| ()));
+        let name = name.as_bytes();
+        let result = c.dir_ino(parent).and_then(|p| {
+            Core::check_name(p, name)?;
+            c.store.rmdir(p, name)
+        });
+        reply_empty(reply, result.map(|_| ()));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -610,8 +690,10 @@ impl Filesystem for GenFs {
             return reply.error(Errno::EINVAL);
         };
         let c = &self.core;
-        let result = dir_ino(parent).and_then(|p1| {
-            let p2 = dir_ino(newparent)?;
+        let result = c.dir_ino(parent).and_then(|p1| {
+            let p2 = c.dir_ino(newparent)?;
+            Core::check_name(p1, name.as_bytes())?;
+            Core::check_name(p2, newname.as_bytes())?;
             c.store.rename(p1, name.as_bytes(), p2, newname.as_bytes(), mode).map(|_| ())
         });
         reply_empty(reply, result);
@@ -619,8 +701,9 @@ impl Filesystem for GenFs {
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let c = &self.core;
-        let result = c.ino_of(ino.0).and_then(|ino| {
-            let parent = dir_ino(newparent)?;
+        let result = c.writable_ino_of(ino.0).and_then(|ino| {
+            let parent = c.dir_ino(newparent)?;
+            Core::check_name(parent, newname.as_bytes())?;
             let inode = c.store.link(ino, parent, newname.as_bytes())?;
             c.entry_attr(ino, &inode, req.pid())
         });
@@ -725,6 +808,12 @@ impl Filesystem for GenFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(view) = self.core.views.get(ino.0) {
+            return match view {
+                View::File { .. } | View::Other { .. } => reply.error(Errno::ENOTDIR),
+                _ => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            };
+        }
         match self.core.store.inode(ino.0) {
             Ok(inode) if inode.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
@@ -735,6 +824,22 @@ impl Filesystem for GenFs {
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let c = &self.core;
         let dir = ino.0;
+        if let Some(view) = c.views.get(dir) {
+            let entries = match c.view_entries(&view) {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let dots = [
+                (dir, fuser::FileType::Directory, b".".to_vec()),
+                (dir, fuser::FileType::Directory, b"..".to_vec()),
+            ];
+            for (pos, (id, kind, name)) in dots.into_iter().chain(entries).enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(id), pos as u64 + 1, kind, OsStr::from_bytes(&name)) {
+                    break;
+                }
+            }
+            return reply.ok();
+        }
         if offset < 1 && reply.add(INodeNo(dir), 1, fuser::FileType::Directory, ".") {
             return reply.ok();
         }
@@ -788,7 +893,7 @@ impl Filesystem for GenFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -798,7 +903,7 @@ impl Filesystem for GenFs {
     ) {
         let name = name.as_bytes();
         if name.starts_with(XATTR_PREFIX) {
-            return reply.error(Errno::EPERM);
+            return self.set_version_attr(req, ino.0, name, value, reply);
         }
         let mode = match flags {
             0 => XattrMode::Any,
@@ -807,7 +912,7 @@ impl Filesystem for GenFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let c = &self.core;
-        reply_empty(reply, c.ino_of(ino.0).and_then(|i| c.store.set_xattr(i, name, value, mode)));
+        reply_empty(reply, c.writable_ino_of(ino.0).and_then(|i| c.store.set_xattr(i, name, value, mode)));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -833,7 +938,7 @@ impl Filesystem for GenFs {
             return reply.error(Errno::EPERM);
         }
         let c = &self.core;
-        reply_empty(reply, c.ino_of(ino.0).and_then(|i| c.store.remove_xattr(i, name)));
+        reply_empty(reply, c.writable_ino_of(ino.0).and_then(|i| c.store.remove_xattr(i, name)));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -940,6 +1045,7 @@ impl Filesystem for GenFs {
             if end > slot.draft.size {
                 slot.draft.truncate(end, c.store.chunks())?;
                 w.dirty.store(true, Ordering::SeqCst);
+                w.only_truncated.store(false, Ordering::SeqCst);
             }
             Ok(())
         })();
@@ -947,8 +1053,8 @@ impl Filesystem for GenFs {
     }
 }
 
-/// Truncates the shared draft (ftruncate, or the O_TRUNC of an open).
-fn truncate_draft(c: &Core, handle: &Handle, size: u64) -> StoreResult<()> {
+/// Truncates the shared draft: ftruncate, or (`at_open`) the O_TRUNC of an open.
+fn truncate_draft(c: &Core, handle: &Handle, size: u64, at_open: bool) -> StoreResult<()> {
     let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
     c.store.check_writable()?;
     let mut slot = w.file.slot.lock();
@@ -964,5 +1070,6 @@ fn truncate_draft(c: &Core, handle: &Handle, size: u64) -> StoreResult<()> {
     }
     slot.draft.truncate(size, c.store.chunks())?;
     w.dirty.store(true, Ordering::SeqCst);
+    w.only_truncated.store(at_open, Ordering::SeqCst);
     Ok(())
 }

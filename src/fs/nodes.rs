@@ -156,6 +156,19 @@ impl Nodes {
         Ok(file)
     }
 
+    /// A fresh node id from the same never-reused counter (for view nodes).
+    pub fn alloc_id(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        let id = inner.next;
+        inner.next += 1;
+        id
+    }
+
+    /// (file, generation) of every node the kernel or a handle still uses (gc keeps them).
+    pub fn pinned(&self) -> Vec<(Ino, u64)> {
+        self.inner.lock().nodes.values().map(|n| (n.file.ino, n.file.gen)).collect()
+    }
+
     pub fn has_readers(&self, nodeid: u64) -> bool {
         self.inner.lock().nodes.get(&nodeid).is_some_and(|n| n.readers > 0)
     }

@@ -21,11 +21,17 @@ use std::path::PathBuf;
 impl Store {
     /// Commits the draft as the file's next generation and returns the new inode image.
     pub fn commit(&self, draft: &mut Draft) -> StoreResult<Inode> {
+        self.commit_superseding(draft, None)
+    }
+
+    /// Commits, and in the same record drops generation `superseded` (an empty generation
+    /// that only an O_TRUNC at open made, replaced by the same open file's next commit).
+    pub fn commit_superseding(&self, draft: &mut Draft, superseded: Option<u64>) -> StoreResult<Inode> {
         if draft.failed {
             return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
         }
         self.check_writable()?;
-        let result = self.commit_inner(draft);
+        let result = self.commit_inner(draft, superseded);
         if result.is_err() {
             draft.failed = true;
             draft.discard_staged();
@@ -33,7 +39,7 @@ impl Store {
         result
     }
 
-    fn commit_inner(&self, draft: &mut Draft) -> StoreResult<Inode> {
+    fn commit_inner(&self, draft: &mut Draft, superseded: Option<u64>) -> StoreResult<Inode> {
         // gc must not unlink a chunk this commit links to (dedup) before the commit counts it.
         let _gc = self.chunk_gc.read();
         let dirs = self.seal_chunks(draft)?;
@@ -59,10 +65,12 @@ impl Store {
         inode.ctime = now;
         let record = self.journal.append(|seq| {
             let manifest = Manifest { size: draft.size, mtime: draft.mtime, chunks, seq, committed: now };
-            vec![
+            let mut ops = vec![
                 Op::PutGeneration { ino: draft.ino, gen, manifest },
                 Op::PutInode { ino: draft.ino, inode: inode.clone() },
-            ]
+            ];
+            ops.extend(superseded.filter(|g| *g < gen).map(|g| Op::DelGeneration { ino: draft.ino, gen: g }));
+            ops
         })?;
         if let Err(e) = self.journal.sync_to(record.seq) {
             self.journal.applied(record.seq);

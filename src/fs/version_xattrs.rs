@@ -1,0 +1,139 @@
+//! The virtual `user.genfs.*` attributes (docs/xattrs.md): reads answer from the store;
+//! changes that commit (restore) or take long (gc, snapshots) run on a worker.
+
+use super::{Core, GenFs};
+use crate::store::records::{Ino, Kind, ROOT_INO};
+use crate::store::{StoreError, StoreResult};
+use crate::versions::{self as v, views::View};
+use fuser::{Errno, ReplyEmpty, Request};
+use std::collections::HashSet;
+
+impl Core {
+    /// A `user.genfs.*` attribute of a node.
+    pub(super) fn version_attr(&self, nodeid: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
+        if let (Some(View::File { gen, .. }), v::GENERATION) = (self.views.get(nodeid), name) {
+            return Ok(gen.to_string().into_bytes());
+        }
+        let ino = self.ino_of(nodeid)?;
+        let inode = self.store.inode(ino)?;
+        let file = inode.kind == Kind::File;
+        let root = nodeid == ROOT_INO;
+        match name {
+            v::GENERATION if file => Ok(inode.gen.to_string().into_bytes()),
+            v::LOG if file => Ok(v::log_page(ino, &self.store.log(ino)?, None)),
+            v::RETENTION => Ok(self.store.retention_of(ino)?.to_string().into_bytes()),
+            v::SNAPSHOTS if root => Ok(v::snapshots_text(&self.store.snapshots()?)),
+            v::SEQ if root => Ok(self.store.last_seq().to_string().into_bytes()),
+            v::STATS if root => Ok(v::stats_text(&self.store.stats()?)),
+            v::GC if root => Ok(self.last_gc.lock().clone()),
+            n if file && n.starts_with(v::LOG_BEFORE) => {
+                let before = std::str::from_utf8(&n[v::LOG_BEFORE.len()..])
+                    .ok()
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .ok_or(StoreError::NoAttribute)?;
+                Ok(v::log_page(ino, &self.store.log(ino)?, Some(before)))
+            }
+            _ => Err(StoreError::NoAttribute),
+        }
+    }
+
+    /// A path of `ino` from the mount root, or `#INO` if it has no name any more.
+    fn path_of(&self, ino: Ino) -> String {
+        let mut parts = Vec::new();
+        let mut at = ino;
+        while at != ROOT_INO && parts.len() < 4096 {
+            match self.store.names_of(at).ok().and_then(|n| n.into_iter().next()) {
+                Some((parent, name)) => {
+                    parts.push(String::from_utf8_lossy(&name).into_owned());
+                    at = parent;
+                }
+                None => return format!("#{ino}"),
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    /// Runs gc, keeping every generation a node, view or draft still uses.
+    pub(super) fn run_gc(&self, dry_run: bool) -> StoreResult<Vec<u8>> {
+        let mut pinned: HashSet<(Ino, u64)> = self.nodes.pinned().into_iter().collect();
+        pinned.extend(self.views.pinned());
+        pinned.extend(self.files.pinned());
+        let report = self.store.gc(&pinned, dry_run)?;
+        let text = v::gc_text(&report, |ino| self.path_of(ino));
+        *self.last_gc.lock() = text.clone();
+        Ok(text)
+    }
+}
+
+fn text_value(value: &[u8]) -> StoreResult<&str> {
+    std::str::from_utf8(value).map(str::trim).map_err(|_| StoreError::InvalidArgument)
+}
+
+impl GenFs {
+    /// setxattr of a `user.genfs.*` name.
+    pub(super) fn set_version_attr(
+        &self,
+        req: &Request,
+        nodeid: u64,
+        name: &[u8],
+        value: &[u8],
+        reply: ReplyEmpty,
+    ) {
+        let c = &self.core;
+        let result = (|| -> StoreResult<Option<Box<dyn FnOnce(&Core) -> StoreResult<()> + Send>>> {
+            let ino = c.writable_ino_of(nodeid)?;
+            let text = text_value(value)?.to_string();
+            let root_only = || -> StoreResult<()> {
+                let root = c.store.inode(ROOT_INO)?;
+                if nodeid != ROOT_INO {
+                    return Err(StoreError::InvalidArgument);
+                }
+                if req.uid() != 0 && req.uid() != root.uid {
+                    return Err(StoreError::NotPermitted);
+                }
+                Ok(())
+            };
+            match name {
+                v::RESTORE => {
+                    let gen: u64 = text.parse().map_err(|_| StoreError::InvalidArgument)?;
+                    if c.store.inode(ino)?.kind != Kind::File {
+                        return Err(StoreError::InvalidArgument);
+                    }
+                    Ok(Some(Box::new(move |c: &Core| {
+                        c.store.restore(ino, gen)?;
+                        c.invalidate_names(ino);
+                        Ok(())
+                    })))
+                }
+                v::RETENTION => {
+                    c.store.set_retention(ino, (!text.is_empty()).then_some(text.as_str()))?;
+                    Ok(None)
+                }
+                v::SNAPSHOT_CREATE => {
+                    root_only()?;
+                    Ok(Some(Box::new(move |c: &Core| c.store.snapshot_create(text.as_bytes()).map(|_| ()))))
+                }
+                v::SNAPSHOT_DELETE => {
+                    root_only()?;
+                    Ok(Some(Box::new(move |c: &Core| c.store.snapshot_delete(text.as_bytes()))))
+                }
+                v::GC => {
+                    root_only()?;
+                    let dry_run = match text.as_str() {
+                        "run" => false,
+                        "dry-run" => true,
+                        _ => return Err(StoreError::InvalidArgument),
+                    };
+                    Ok(Some(Box::new(move |c: &Core| c.run_gc(dry_run).map(|_| ()))))
+                }
+                _ => Err(StoreError::NotPermitted),
+            }
+        })();
+        match result {
+            Ok(None) => reply.ok(),
+            Ok(Some(job)) => self.submit(move |c| super::reply_empty(reply, job(c))),
+            Err(e) => reply.error(Errno::from_i32(e.errno())),
+        }
+    }
+}

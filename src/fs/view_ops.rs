@@ -1,0 +1,151 @@
+//! The FUSE side of the read-only views under `/.genfs/` (see `versions::views`): lookups,
+//! attributes and directory listings. Every change inside a view fails with EROFS.
+
+use super::attr::to_attr;
+use super::Core;
+use crate::store::records::{Ino, Inode, Kind, Timestamp, ROOT_INO};
+use crate::store::{StoreError, StoreResult};
+use crate::versions::views::{View, AT_DIR, GENFS_DIR, GEN_DIR, SNAPSHOTS_DIR};
+use crate::versions::{parse_at, At};
+use fuser::{FileAttr, FileType, INodeNo};
+use std::sync::Arc;
+
+/// Permission bits as a view shows them: no write bits.
+fn read_only(mut inode: Inode) -> Inode {
+    inode.perm &= !0o222;
+    inode
+}
+
+impl Core {
+    fn fixed_dir_attr(&self, nodeid: u64) -> FileAttr {
+        let t = self.mounted_at.to_system();
+        FileAttr {
+            ino: INodeNo(nodeid),
+            size: 4096,
+            blocks: 8,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::Directory,
+            perm: 0o555,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: super::attr::BLOCK_SIZE_HINT,
+            flags: 0,
+        }
+    }
+
+    pub(super) fn view_attr(&self, nodeid: u64, view: &View) -> StoreResult<FileAttr> {
+        Ok(match view {
+            View::Fixed(id) => self.fixed_dir_attr(*id),
+            View::Generations { ino } => {
+                let mut attr = self.fixed_dir_attr(nodeid);
+                let inode = self.store.inode(*ino)?;
+                (attr.uid, attr.gid) = (inode.uid, inode.gid);
+                attr
+            }
+            View::Dir { ino, .. } | View::Other { ino, .. } => {
+                let inode = read_only(self.store.inode(*ino)?);
+                to_attr(nodeid, &inode, inode.size, inode.mtime)
+            }
+            View::File { ino, manifest, .. } => {
+                let inode = read_only(self.store.inode(*ino)?);
+                to_attr(nodeid, &inode, manifest.size, manifest.mtime)
+            }
+        })
+    }
+
+    fn view_node(&self, view: View) -> StoreResult<FileAttr> {
+        let nodeid = self.views.lookup(view.clone(), || self.nodes.alloc_id());
+        self.view_attr(nodeid, &view)
+    }
+
+    /// What `ino` (named in a directory as of `seq`) is in that view.
+    fn view_of(&self, seq: u64, ino: Ino, kind: Kind) -> StoreResult<View> {
+        Ok(match kind {
+            Kind::Dir => View::Dir { seq, ino },
+            Kind::File => {
+                let (gen, manifest) = self.store.generation_at(ino, seq)?;
+                View::File { ino, gen, manifest: Arc::new(manifest) }
+            }
+            _ => View::Other { seq, ino },
+        })
+    }
+
+    pub(super) fn view_lookup(&self, parent: &View, name: &[u8]) -> StoreResult<FileAttr> {
+        let text = std::str::from_utf8(name).ok();
+        let view = match parent {
+            View::Fixed(GENFS_DIR) => match name {
+                b"gen" => View::Fixed(GEN_DIR),
+                b"snapshots" => View::Fixed(SNAPSHOTS_DIR),
+                b"at" => View::Fixed(AT_DIR),
+                _ => return Err(StoreError::NotFound),
+            },
+            View::Fixed(GEN_DIR) => {
+                let ino: Ino = text.and_then(|t| t.parse().ok()).ok_or(StoreError::NotFound)?;
+                if self.store.inode(ino)?.kind != Kind::File {
+                    return Err(StoreError::NotFound);
+                }
+                View::Generations { ino }
+            }
+            View::Fixed(SNAPSHOTS_DIR) => {
+                let snaps = self.store.snapshots()?;
+                let (_, snap) = snaps.iter().find(|(n, _)| n == name).ok_or(StoreError::NotFound)?;
+                View::Dir { seq: snap.seq, ino: ROOT_INO }
+            }
+            View::Fixed(AT_DIR) => {
+                let seq = match parse_at(name).ok_or(StoreError::NotFound)? {
+                    At::Seq(seq) if seq <= self.store.last_seq() => seq,
+                    At::Seq(_) => return Err(StoreError::NotFound),
+                    At::Time(secs) => self.store.seq_at_time(Timestamp { secs, nanos: 0 })?,
+                };
+                View::Dir { seq, ino: ROOT_INO }
+            }
+            View::Fixed(_) => return Err(StoreError::NotFound),
+            View::Generations { ino } => {
+                let gen: u64 = text.and_then(|t| t.parse().ok()).ok_or(StoreError::NotFound)?;
+                let (owner, manifest) =
+                    self.store.history_generation(*ino, gen)?.ok_or(StoreError::NotFound)?;
+                View::File { ino: owner, gen, manifest: Arc::new(manifest) }
+            }
+            View::Dir { seq, ino } => {
+                let (child, inode) = self.store.lookup_at(*ino, name, *seq)?;
+                self.view_of(*seq, child, inode.kind)?
+            }
+            View::File { .. } | View::Other { .. } => return Err(StoreError::NotDir),
+        };
+        self.view_node(view)
+    }
+
+    /// Entries of a view directory after position `offset` (positions are stable: a view
+    /// never changes). Each entry: (position, node id for d_ino, type, name).
+    pub(super) fn view_entries(&self, dir: &View) -> StoreResult<Vec<(u64, FileType, Vec<u8>)>> {
+        let names: Vec<(u64, FileType, Vec<u8>)> = match dir {
+            View::Fixed(GENFS_DIR) => [(GEN_DIR, "gen"), (SNAPSHOTS_DIR, "snapshots"), (AT_DIR, "at")]
+                .into_iter()
+                .map(|(id, n)| (id, FileType::Directory, n.as_bytes().to_vec()))
+                .collect(),
+            View::Fixed(SNAPSHOTS_DIR) => {
+                self.store.snapshots()?.into_iter().map(|(n, _)| (ROOT_INO, FileType::Directory, n)).collect()
+            }
+            View::Fixed(_) => Vec::new(),
+            View::Generations { ino } => self
+                .store
+                .log(*ino)?
+                .into_iter()
+                .map(|e| (e.owner, FileType::RegularFile, e.gen.to_string().into_bytes()))
+                .collect(),
+            View::Dir { seq, ino } => self
+                .store
+                .readdir_at(*ino, *seq)?
+                .into_iter()
+                .map(|(n, child, kind)| (child, super::attr::file_type(kind), n))
+                .collect(),
+            View::File { .. } | View::Other { .. } => return Err(StoreError::NotDir),
+        };
+        Ok(names)
+    }
+}

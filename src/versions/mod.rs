@@ -1,0 +1,117 @@
+//! The version interface: the texts of the virtual `user.genfs.*` attributes (formats in
+//! docs/xattrs.md) and the read-only views under `/.genfs/` (`views`). The FUSE layer calls
+//! into this module; the store supplies the data.
+
+pub mod time;
+pub mod views;
+
+use crate::store::chunks::hex;
+use crate::store::index::Snapshot;
+use crate::store::records::Ino;
+use crate::store::{GcReport, LogEntry, Stats};
+use std::fmt::Write;
+
+pub const PREFIX: &[u8] = b"user.genfs.";
+pub const GENERATION: &[u8] = b"user.genfs.generation";
+pub const LOG: &[u8] = b"user.genfs.log";
+pub const LOG_BEFORE: &[u8] = b"user.genfs.log.before.";
+pub const RESTORE: &[u8] = b"user.genfs.restore";
+pub const RETENTION: &[u8] = b"user.genfs.retention";
+pub const SNAPSHOTS: &[u8] = b"user.genfs.snapshots";
+pub const SNAPSHOT_CREATE: &[u8] = b"user.genfs.snapshot.create";
+pub const SNAPSHOT_DELETE: &[u8] = b"user.genfs.snapshot.delete";
+pub const SEQ: &[u8] = b"user.genfs.seq";
+pub const STATS: &[u8] = b"user.genfs.stats";
+pub const GC: &[u8] = b"user.genfs.gc";
+
+/// The kernel's limit on an xattr value.
+pub const VALUE_BYTES_MAX: usize = 64 << 10;
+
+/// Name of the hidden directory at the mount root.
+pub const VIEWS_DIR: &[u8] = b".genfs";
+
+/// Where generation `gen` of inode `ino` can be read, relative to the mount root.
+pub fn read_path(ino: Ino, gen: u64) -> String {
+    format!(".genfs/gen/{ino}/{gen}")
+}
+
+fn log_line(file: Ino, e: &LogEntry) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}\n",
+        e.gen,
+        time::format_rfc3339(e.manifest.committed.secs),
+        e.manifest.size,
+        hex(&e.manifest.digest()),
+        read_path(file, e.gen)
+    )
+}
+
+/// One page of the log (oldest first): the newest entries older than `before` that fit in
+/// an xattr value, then `#more\tuser.genfs.log.before.G` if older ones remain.
+pub fn log_page(file: Ino, log: &[LogEntry], before: Option<u64>) -> Vec<u8> {
+    let eligible: Vec<&LogEntry> = log.iter().filter(|e| before.is_none_or(|b| e.gen < b)).collect();
+    let continuation_room = 64;
+    let mut lines: Vec<String> = Vec::new();
+    let mut size = 0;
+    for e in eligible.iter().rev() {
+        let line = log_line(file, e);
+        if size + line.len() + continuation_room > VALUE_BYTES_MAX {
+            break;
+        }
+        size += line.len();
+        lines.push(line);
+    }
+    lines.reverse();
+    let mut out = lines.concat();
+    if lines.len() < eligible.len() {
+        let oldest_shown = eligible[eligible.len() - lines.len()].gen;
+        let _ = writeln!(out, "#more\t{}{oldest_shown}", String::from_utf8_lossy(LOG_BEFORE));
+    }
+    out.into_bytes()
+}
+
+pub fn snapshots_text(snaps: &[(Vec<u8>, Snapshot)]) -> Vec<u8> {
+    let mut out = String::new();
+    for (name, s) in snaps {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}",
+            String::from_utf8_lossy(name),
+            s.seq,
+            time::format_rfc3339(s.time.secs)
+        );
+    }
+    out.into_bytes()
+}
+
+pub fn stats_text(s: &Stats) -> Vec<u8> {
+    format!(
+        "files\t{}\ngenerations\t{}\nlogical_bytes\t{}\nstored_bytes\t{}\nchunks\t{}\nsnapshots\t{}\n",
+        s.files, s.generations, s.logical_bytes, s.stored_bytes, s.chunks, s.snapshots
+    )
+    .into_bytes()
+}
+
+/// The report of a gc run; `name_of` gives a path (or the inode number) for a file.
+pub fn gc_text(r: &GcReport, name_of: impl Fn(Ino) -> String) -> Vec<u8> {
+    let mut out = String::new();
+    for (ino, gen, size) in &r.dropped {
+        let _ = writeln!(out, "{}\t{gen}\t{size}", name_of(*ino));
+    }
+    let _ = writeln!(out, "freed_chunks\t{}\nfreed_bytes\t{}", r.freed_chunks, r.freed_bytes);
+    out.into_bytes()
+}
+
+/// `/.genfs/at/NAME`: `@SEQ`, or an RFC 3339 time.
+pub enum At {
+    Seq(u64),
+    Time(i64),
+}
+
+pub fn parse_at(name: &[u8]) -> Option<At> {
+    let name = std::str::from_utf8(name).ok()?;
+    match name.strip_prefix('@') {
+        Some(seq) => seq.parse().ok().map(At::Seq),
+        None => time::parse_rfc3339(name).map(At::Time),
+    }
+}
