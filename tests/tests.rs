@@ -5,3 +5,5 @@ mod daemon;
 mod durability;
 mod posix;
 mod util;
+mod versions;
+mod versions_cli;

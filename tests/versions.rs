@@ -1,0 +1,299 @@
+//! The version interface on a real mount: log, READ_PATH views, restore, snapshots, time
+//! travel, storage sharing, retention, and history across save-by-rename.
+
+use crate::util::{getfattr, seed, sh, write_file, Mounted, Rng};
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// (generation, READ_PATH) of every line of a file's log, following continuation pages.
+fn log_of(path: &Path) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut attr = "user.genfs.log".to_string();
+    loop {
+        let text = getfattr(path, &attr).expect("log attribute");
+        let mut next = None;
+        let mut page = Vec::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f[0] == "#more" {
+                next = Some(f[1].to_string());
+            } else {
+                assert_eq!(f.len(), 5, "log line {line:?}");
+                page.push((f[0].parse().unwrap(), f[4].to_string()));
+            }
+        }
+        page.extend(out);
+        out = page;
+        match next {
+            Some(a) => attr = a,
+            None => return out,
+        }
+    }
+}
+
+fn seq(m: &Mounted) -> u64 {
+    getfattr(&m.mnt, "user.genfs.seq").unwrap().parse().unwrap()
+}
+
+fn stat_value(m: &Mounted, key: &str) -> u64 {
+    let text = getfattr(&m.mnt, "user.genfs.stats").unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{key}\t"))).unwrap();
+    line.split('\t').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn each_close_is_a_log_line_readable_at_its_read_path() {
+    let m = Mounted::new("log30");
+    let p = m.path("f.txt");
+    let versions: Vec<Vec<u8>> =
+        (0..30).map(|i| format!("version {i}\n").repeat(i + 1).into_bytes()).collect();
+    for v in &versions {
+        write_file(&p, v).unwrap();
+    }
+    let log = log_of(&p);
+    assert_eq!(log.len(), 30);
+    for ((gen, read_path), v) in log.iter().zip(&versions) {
+        assert_eq!(&std::fs::read(m.mnt.join(read_path)).unwrap(), v, "generation {gen}");
+    }
+    // Shell redirections keep one generation per save too.
+    for i in 0..5 {
+        assert!(sh(&format!("echo shell{i} > '{}'", p.display())).0);
+    }
+    assert_eq!(log_of(&p).len(), 35);
+    // Writes into views fail with EROFS.
+    let view = m.mnt.join(&log[0].1);
+    let err = OpenOptions::new().write(true).open(&view).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+}
+
+#[test]
+fn a_long_log_is_paged() {
+    let m = Mounted::new("logpages");
+    let p = m.path("many");
+    for i in 0..1500u32 {
+        write_file(&p, &i.to_le_bytes()).unwrap();
+    }
+    assert!(getfattr(&p, "user.genfs.log").unwrap().contains("#more\tuser.genfs.log.before."));
+    let log = log_of(&p);
+    assert_eq!(log.len(), 1500);
+    assert!(log.windows(2).all(|w| w[0].0 < w[1].0), "pages out of order");
+}
+
+#[test]
+fn restore_commits_an_old_generation_and_spares_open_readers() {
+    let m = Mounted::new("restore");
+    let p = m.path("r");
+    write_file(&p, b"first").unwrap();
+    write_file(&p, b"second").unwrap();
+    let mut reader = std::fs::File::open(&p).unwrap();
+    let first_gen = log_of(&p)[0].0;
+    xattr::set(&p, "user.genfs.restore", first_gen.to_string().as_bytes()).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"first");
+    assert_eq!(log_of(&p).len(), 3);
+    let mut held = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut held).unwrap();
+    assert_eq!(held, "second");
+    let err = xattr::set(&p, "user.genfs.restore", b"999").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+}
+
+fn make_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+}
+
+fn time_snapshot(m: &Mounted, name: &str) -> f64 {
+    let start = Instant::now();
+    xattr::set(&m.mnt, "user.genfs.snapshot.create", name.as_bytes()).unwrap();
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+#[test]
+fn snapshots_are_constant_time_and_frozen() {
+    let m = Mounted::new("snapshots");
+    make_tree(&m.path("t"), 100);
+    let small_ms = time_snapshot(&m, "small");
+    make_tree(&m.path("t"), 10_000);
+    let big_ms = time_snapshot(&m, "big");
+    eprintln!("snapshot create: 100 files {small_ms:.2} ms, 10,000 files {big_ms:.2} ms");
+    let copy = tempfile::tempdir().unwrap();
+    assert!(sh(&format!("cp -a '{}' '{}/t'", m.path("t").display(), copy.path().display())).0);
+    for i in (0..10_000).step_by(7) {
+        let f = m.path(&format!("t/d{}/f{i}", i % 100));
+        if i % 2 == 0 {
+            std::fs::write(&f, b"changed").unwrap();
+        } else {
+            std::fs::remove_file(&f).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(m.path("t/d3")).unwrap();
+    let view = m.mnt.join(".genfs/snapshots/big/t");
+    let (same, out) = sh(&format!("diff -r '{}' '{}/t'", view.display(), copy.path().display()));
+    assert!(same, "snapshot view differs from the copy:\n{out}");
+    let err = std::fs::write(view.join("d0/new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let list = getfattr(&m.mnt, "user.genfs.snapshots").unwrap();
+    assert!(list.lines().any(|l| l.starts_with("big\t")), "{list}");
+    xattr::set(&m.mnt, "user.genfs.snapshot.delete", b"small").unwrap();
+    assert!(!m.mnt.join(".genfs/snapshots/small").exists());
+}
+
+/// The tree under `root`: relative path -> Some(content) for files, None for directories.
+fn tree(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+            if e.file_type().unwrap().is_dir() {
+                out.insert(rel, None);
+                stack.push(e.path());
+            } else {
+                out.insert(rel, Some(std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn time_travel_matches_the_recorded_tree() {
+    let m = Mounted::new("timetravel");
+    let mut rng = Rng::new(seed("time_travel_matches_the_recorded_tree"));
+    let root = m.path("w");
+    std::fs::create_dir(&root).unwrap();
+    let mut recorded = Vec::new();
+    for step in 0..400 {
+        let dirs: Vec<PathBuf> = std::iter::once(root.clone())
+            .chain(tree(&root).into_iter().filter(|(_, c)| c.is_none()).map(|(p, _)| root.join(p)))
+            .collect();
+        let files: Vec<PathBuf> =
+            tree(&root).into_iter().filter(|(_, c)| c.is_some()).map(|(p, _)| root.join(p)).collect();
+        let dir = &dirs[rng.below(dirs.len() as u64) as usize];
+        match rng.below(10) {
+            0 => std::fs::create_dir(dir.join(format!("d{step}"))).unwrap(),
+            1 | 2 if !files.is_empty() => {
+                let f = &files[rng.below(files.len() as u64) as usize];
+                std::fs::rename(f, dir.join(format!("r{step}"))).unwrap();
+            }
+            3 if !files.is_empty() => {
+                std::fs::remove_file(&files[rng.below(files.len() as u64) as usize]).unwrap()
+            }
+            4 | 5 if !files.is_empty() => {
+                let f = &files[rng.below(files.len() as u64) as usize];
+                write_file(f, format!("rewrite {step}").as_bytes()).unwrap();
+            }
+            _ => write_file(&dir.join(format!("f{step}")), format!("new {step}").as_bytes()).unwrap(),
+        }
+        if step % 20 == 19 {
+            recorded.push((seq(&m), tree(&root)));
+        }
+    }
+    assert_eq!(recorded.len(), 20);
+    for (s, expected) in &recorded {
+        let view = m.mnt.join(format!(".genfs/at/@{s}/w"));
+        assert_eq!(&tree(&view), expected, "tree at @{s}");
+    }
+}
+
+fn du(path: &Path) -> u64 {
+    let (ok, out) = sh(&format!("du -sb '{}'", path.display()));
+    assert!(ok);
+    out.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn versions_share_unchanged_chunks() {
+    let m = Mounted::new("sharing");
+    let p = m.path("big.img");
+    let chunk: u64 = 1 << 20;
+    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&p).unwrap();
+    let block: Vec<u8> = (0..chunk).map(|i| (i * 7 % 251) as u8).collect();
+    for i in 0..256u64 {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&b).unwrap();
+    }
+    drop(f);
+    let chunks = m.store.join("chunks");
+    let before = du(&chunks);
+    for i in 0..1000u32 {
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(&[i as u8; 100]).unwrap();
+    }
+    let grown = du(&chunks) - before;
+    eprintln!("1,000 appends of 100 B to a 256 MiB file: chunks/ grew {grown} B");
+    assert!(grown <= 1000 * (chunk + (64 << 10)), "appends copied whole files: {grown}");
+    let before = du(&chunks);
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[9u8; 4096], 100 << 20).unwrap();
+    drop(f);
+    let grown = du(&chunks) - before;
+    eprintln!("4 KiB change inside a 256 MiB file: chunks/ grew {grown} B");
+    assert!(grown <= 2 * chunk + (64 << 10), "{grown}");
+    eprintln!(
+        "stats: logical {} B, stored {} B",
+        stat_value(&m, "logical_bytes"),
+        stat_value(&m, "stored_bytes")
+    );
+}
+
+#[test]
+fn retention_keeps_what_the_policy_says_and_frees_chunks() {
+    let m = Mounted::new("retention");
+    let d = m.path("kept");
+    std::fs::create_dir(&d).unwrap();
+    xattr::set(&d, "user.genfs.retention", b"keep-last=5").unwrap();
+    let p = d.join("f");
+    for i in 0..50u32 {
+        write_file(&p, &[i as u8 + 1; 5000]).unwrap();
+    }
+    assert_eq!(getfattr(&p, "user.genfs.retention").as_deref(), Some("keep-last=5"));
+    let chunk_files = || sh(&format!("find '{}' -type f | wc -l", m.store.join("chunks").display())).1;
+    let before: u64 = chunk_files().trim().parse().unwrap();
+    xattr::set(&m.mnt, "user.genfs.gc", b"run").unwrap();
+    assert_eq!(log_of(&p).len(), 5);
+    let after: u64 = chunk_files().trim().parse().unwrap();
+    assert_eq!(before - after, 45, "chunks of dropped generations are still on disk");
+    let report = getfattr(&m.mnt, "user.genfs.gc").unwrap();
+    assert!(report.contains("freed_chunks\t45"), "{report}");
+    // max-size below what the history takes: the oldest go first.
+    xattr::set(&d, "user.genfs.retention", b"keep-last=5,max-size=12000").unwrap();
+    xattr::set(&m.mnt, "user.genfs.gc", b"run").unwrap();
+    let left = log_of(&p);
+    assert_eq!(left.len(), 3, "current + 2 x 5000 B of history fit in 12000 B");
+    assert!(getfattr(&m.mnt, "user.genfs.gc").unwrap().contains("/kept/f\t"));
+    let err = xattr::set(&d, "user.genfs.retention", b"keep-forever").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+}
+
+#[test]
+fn save_by_rename_keeps_one_history() {
+    let m = Mounted::new("editor");
+    let f = m.path("doc.txt");
+    write_file(&f, b"v1\n").unwrap();
+    let tmp = m.path("doc.txt.tmp");
+    write_file(&tmp, b"v2\n").unwrap();
+    std::fs::rename(&tmp, &f).unwrap();
+    let log = log_of(&f);
+    let contents: Vec<Vec<u8>> = log.iter().map(|(_, rp)| std::fs::read(m.mnt.join(rp)).unwrap()).collect();
+    assert_eq!(contents, vec![b"v1\n".to_vec(), b"v2\n".to_vec()]);
+    if Path::new("/usr/bin/vim").exists() {
+        let cmd = format!(
+            "vim -u NONE -i NONE -n -es -c 'set backupcopy=no' -c '%s/v2/v3/' -c wq '{}'",
+            f.display()
+        );
+        assert!(sh(&cmd).0, "vim failed");
+        assert_eq!(std::fs::read(&f).unwrap(), b"v3\n");
+        assert_eq!(log_of(&f).len(), 3, "vim's save broke the history");
+    } else {
+        eprintln!("vim not installed: editor part skipped");
+    }
+}
