@@ -99,7 +99,18 @@ pub fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
         SnapshotCommand::Create { name, at } => {
             check_name(&name)?;
             let m = at.locate()?;
-            m.set_root_attr(SNAPSHOT_CREATE, &name).map_err(|e| anyhow!("snapshot {name}: {e:#}"))?;
+            m.set_root_attr(
+                SNAPSHOT_CREATE,
+                &name,
+                &format!("create snapshot {name}"),
+                |errno| match errno {
+                    libc::EEXIST => Some(format!("snapshot {name} already exists")),
+                    libc::EPERM | libc::EACCES => Some(format!(
+                        "cannot create snapshot {name}: only the owner of the mount root (or root) may"
+                    )),
+                    _ => None,
+                },
+            )?;
             let seq = read_snapshots(&m)?.into_iter().find(|s| s.name == name).map(|s| s.seq);
             let seq = seq.map(|s| format!(" at sequence {s}")).unwrap_or_default();
             let view = m.root.join(".genfs/snapshots").join(&name);
@@ -118,7 +129,9 @@ pub fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
         SnapshotCommand::Delete { name, at } => {
             check_name(&name)?;
             let m = at.locate()?;
-            m.set_root_attr(SNAPSHOT_DELETE, &name).map_err(|e| anyhow!("snapshot {name}: {e:#}"))?;
+            m.set_root_attr(SNAPSHOT_DELETE, &name, &format!("delete snapshot {name}"), |errno| {
+                (errno == libc::ENOENT || errno == libc::ENODATA).then(|| format!("no snapshot named {name}"))
+            })?;
             emit(format!("deleted snapshot {name}\n").as_bytes())
         }
     }
@@ -229,7 +242,7 @@ fn gc_text(r: &GcReport, dry_run: bool) -> String {
 
 pub fn gc(dry_run: bool, at: &MountArg) -> anyhow::Result<()> {
     let m = at.locate()?;
-    m.set_root_attr(GC, if dry_run { "dry-run" } else { "run" })?;
+    m.set_root_attr(GC, if dry_run { "dry-run" } else { "run" }, "run gc", |_| None)?;
     let report = parse_gc_report(&m.root_attr(GC)?)
         .map_err(|e| anyhow!("{}: malformed {GC}: {e}", m.root.display()))?;
     emit(gc_text(&report, dry_run).as_bytes())

@@ -15,8 +15,8 @@ pub const LOG_BEFORE: &str = "user.genfs.log.before.";
 pub const SEQ: &str = "user.genfs.seq";
 
 /// The shape of a `FILE@GEN` suffix, for error messages.
-pub const GEN_FORMS: &str = "FILE@N (generation N), FILE@-K (K before the current one) or FILE@TIME \
-                             (RFC 3339, e.g. 2026-11-22T05:30:00Z)";
+pub const GEN_FORMS: &str =
+    "FILE@N, FILE@-K (K before the current one) or FILE@TIME (RFC 3339, e.g. 2026-11-22T05:30:00Z)";
 
 /// An `io::Error` as a cause: `No such file or directory`, without Rust's ` (os error 2)`.
 pub fn cause(e: &io::Error) -> String {
@@ -222,7 +222,15 @@ impl OnMount {
     /// same) and checks that it is genfs.
     pub fn locate(path: &Path) -> anyhow::Result<OnMount> {
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| anyhow!("{shown}: {}", cause(&e)))?;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            let hint = match e.kind() {
+                io::ErrorKind::NotFound if path.as_os_str().as_bytes().contains(&b'@') => {
+                    format!("; to name a generation, use {GEN_FORMS}")
+                }
+                _ => String::new(),
+            };
+            anyhow!("{shown}: {}{hint}", cause(&e))
+        })?;
         let abs = std::fs::canonicalize(path).map_err(|e| anyhow!("{shown}: {}", cause(&e)))?;
         let mut root = abs.as_path();
         while let Some(parent) = root.parent() {
@@ -263,10 +271,22 @@ impl OnMount {
             })
     }
 
-    /// Sets a control attribute on the mount root.
-    pub fn set_root_attr(&self, name: &str, value: &str) -> anyhow::Result<()> {
-        xattr::set(&self.root, name, value.as_bytes())
-            .map_err(|e| anyhow!("{}: cannot set {name}: {}", self.root.display(), cause(&e)))
+    /// Sets a control attribute on the mount root; `what` names the action for errors, and
+    /// `explain` may say what an errno means for it.
+    pub fn set_root_attr(
+        &self,
+        name: &str,
+        value: &str,
+        what: &str,
+        explain: impl Fn(i32) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        xattr::set(&self.root, name, value.as_bytes()).map_err(|e| {
+            let why = e
+                .raw_os_error()
+                .and_then(&explain)
+                .unwrap_or_else(|| format!("cannot {what}: {}", cause(&e)));
+            anyhow!("{}: {why}", self.root.display())
+        })
     }
 }
 

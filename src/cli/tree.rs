@@ -41,7 +41,10 @@ pub fn restore_tree(target: &OsString) -> anyhow::Result<()> {
     let abs = fs::canonicalize(&dir).map_err(|e| anyhow!("{}: {}", dir.display(), cause(&e)))?;
     let rel = abs.strip_prefix(&m.root).unwrap_or(Path::new(""));
     let time = format_rfc3339(t);
-    let view = m.root.join(".genfs/at").join(&time).join(rel);
+    let mut view = m.root.join(".genfs/at").join(&time);
+    if !rel.as_os_str().is_empty() {
+        view.push(rel);
+    }
     match fs::symlink_metadata(&view) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => bail!("{}: was not a directory at {time}", dir.display()),

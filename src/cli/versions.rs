@@ -443,9 +443,7 @@ fn restore(target: &OsString) -> anyhow::Result<()> {
     let (path, spec) = file_spec(target);
     let shown = path.display();
     if spec == GenSpec::Current {
-        if std::fs::symlink_metadata(&path).is_err() {
-            bail!("{shown}: no such file, and not FILE@GEN; use {GEN_FORMS}");
-        }
+        super::history::OnMount::locate(&path)?; // a missing file says so first
         bail!("{shown}: which generation? use {GEN_FORMS}");
     }
     let h = History::read(&path)?;
