@@ -4,6 +4,7 @@ mod consistency;
 mod daemon;
 mod durability;
 mod posix;
+mod tampering;
 mod util;
 mod versions;
 mod versions_cli;

@@ -188,8 +188,21 @@ fn serve(store_path: &Path, mnt: &Path, opts: Options, ready: Option<OwnedFd>) -
     Ok(())
 }
 
+/// Cached chunk descriptors and open handles need more than the default 1,024 descriptors.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn start(store_path: &Path, mnt: &Path, opts: Options) -> anyhow::Result<Session<GenFs>> {
     let sigset = block_signals();
+    raise_fd_limit();
     let store =
         Store::open(store_path).with_context(|| format!("cannot open store {}", store_path.display()))?;
     let report = store.recovery.clone();

@@ -66,6 +66,9 @@ impl Core {
     }
 }
 
+/// Work a version attribute leaves for a worker.
+type VersionJob = Box<dyn FnOnce(&Core) -> StoreResult<()> + Send>;
+
 fn text_value(value: &[u8]) -> StoreResult<&str> {
     std::str::from_utf8(value).map(str::trim).map_err(|_| StoreError::InvalidArgument)
 }
@@ -81,7 +84,7 @@ impl GenFs {
         reply: ReplyEmpty,
     ) {
         let c = &self.core;
-        let result = (|| -> StoreResult<Option<Box<dyn FnOnce(&Core) -> StoreResult<()> + Send>>> {
+        let result = (|| -> StoreResult<Option<VersionJob>> {
             let ino = c.writable_ino_of(nodeid)?;
             let text = text_value(value)?.to_string();
             let root_only = || -> StoreResult<()> {

@@ -1,28 +1,34 @@
-//! Immutable, content-addressed chunk files under `chunks/XX/HASH`, read through mmap.
+//! Immutable, content-addressed chunk files under `chunks/XX/HASH`.
 //!
 //! A chunk file is written once in `staging/`, fsynced, made read-only and hard-linked into
 //! place (EEXIST means an identical chunk is already stored: dedup). It is never written,
-//! truncated or renamed over afterwards (G7). Mapped chunks are checked against their recorded
-//! length and hash when first mapped; a mismatch is reported as corruption (EIO to readers).
+//! truncated or renamed over afterwards (G7).
+//!
+//! Reads use `pread` on cached descriptors, not mmap: a chunk truncated behind the daemon's
+//! back, or a disk error under it, then shows up as a short read or EIO for that reader,
+//! where a mapping would kill the daemon with SIGBUS. A chunk is checked against its recorded
+//! length and hash when its descriptor is first opened; later damage that keeps the length is
+//! found by `genfs scrub`.
 
 use super::error::{StoreError, StoreResult};
 use super::io::StoreIo;
 use super::records::{ChunkId, Hash, Manifest};
-use memmap2::Mmap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const MAPPINGS_MAX: usize = 4096;
+/// Open chunk descriptors kept (each costs one fd; the daemon raises RLIMIT_NOFILE).
+const OPEN_CHUNKS_MAX: usize = 2048;
 
 pub fn hex(hash: &Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Cached {
-    map: Arc<Mmap>,
+    file: Arc<File>,
     last_used: u64,
 }
 
@@ -69,31 +75,39 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// A verified mapping of the chunk.
-    pub fn map(&self, id: &ChunkId) -> StoreResult<Arc<Mmap>> {
+    /// An open, verified descriptor of the chunk.
+    fn open(&self, id: &ChunkId) -> StoreResult<Arc<File>> {
         {
             let mut guard = self.cache.lock();
             let (cache, clock) = &mut *guard;
             *clock += 1;
             if let Some(c) = cache.get_mut(&id.hash) {
                 c.last_used = *clock;
-                return Ok(c.map.clone());
+                return Ok(c.file.clone());
             }
         }
-        let map = Arc::new(self.map_verified(id)?);
+        let (file, _) = self.open_verified(id)?;
+        let file = Arc::new(file);
         let mut guard = self.cache.lock();
         let (cache, clock) = &mut *guard;
-        if cache.len() >= MAPPINGS_MAX {
+        if cache.len() >= OPEN_CHUNKS_MAX {
             evict_oldest_quarter(cache);
         }
-        cache.insert(id.hash, Cached { map: map.clone(), last_used: *clock });
-        Ok(map)
+        cache.insert(id.hash, Cached { file: file.clone(), last_used: *clock });
+        Ok(file)
     }
 
-    fn map_verified(&self, id: &ChunkId) -> StoreResult<Mmap> {
+    /// Opens the chunk and checks its length and hash; returns it with its bytes.
+    fn open_verified(&self, id: &ChunkId) -> StoreResult<(File, Vec<u8>)> {
         let path = self.path(&id.hash);
-        let file =
-            File::open(&path).map_err(|e| StoreError::io(format!("open chunk {}", path.display()), e))?;
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Corrupted(format!("chunk {} is missing", path.display()))
+            } else {
+                StoreError::io(format!("open chunk {}", path.display()), e)
+            }
+        })?;
+        let bytes = self.read_exact(&file, &path, 0, id.len as usize)?;
         let len =
             file.metadata().map_err(|e| StoreError::io(format!("stat chunk {}", path.display()), e))?.len();
         if len != id.len as u64 {
@@ -103,17 +117,44 @@ impl ChunkStore {
                 id.len
             )));
         }
-        // SAFETY: chunk files are never written or truncated after they are linked (G7); the
-        // size was checked just above. Damage by another process is detected by the hash below.
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| StoreError::io(format!("mmap chunk {}", path.display()), e))?;
-        if blake3::hash(&map).as_bytes() != &id.hash {
+        if blake3::hash(&bytes).as_bytes() != &id.hash {
             return Err(StoreError::Corrupted(format!("chunk {} fails its hash", path.display())));
         }
-        Ok(map)
+        Ok((file, bytes))
     }
 
-    /// Drops a cached mapping (gc unlinked the chunk; existing mappings stay valid).
+    fn read_exact(&self, file: &File, path: &Path, offset: u64, len: usize) -> StoreResult<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                StoreError::Corrupted(format!("chunk {} is shorter than recorded", path.display()))
+            } else {
+                StoreError::io(format!("read chunk {}", path.display()), e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    /// The whole chunk (verified).
+    pub fn read_chunk(&self, id: &ChunkId) -> StoreResult<Vec<u8>> {
+        let file = self.open(id)?;
+        self.read_exact(&file, &self.path(&id.hash), 0, id.len as usize)
+    }
+
+    /// Copies the chunk's bytes from `within` into `dst`, zeros past the chunk's end.
+    pub fn read_into(&self, id: &ChunkId, within: u64, dst: &mut [u8]) -> StoreResult<()> {
+        let len = id.len as u64;
+        if within >= len {
+            return Ok(());
+        }
+        let n = dst.len().min((len - within) as usize);
+        let file = self.open(id)?;
+        let bytes = self.read_exact(&file, &self.path(&id.hash), within, n)?;
+        dst[..n].copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Drops a cached descriptor (gc unlinked the chunk; open descriptors stay valid).
     pub fn forget(&self, hash: &Hash) {
         self.cache.lock().0.remove(hash);
     }
@@ -132,21 +173,11 @@ impl ChunkStore {
             let within = pos % cs;
             let n = (cs - within).min(end - pos);
             if let Some(id) = m.chunks.get(&idx) {
-                let map = self.map(id)?;
-                copy_clipped(&map, within, &mut out[(pos - offset) as usize..][..n as usize]);
+                self.read_into(id, within, &mut out[(pos - offset) as usize..][..n as usize])?;
             }
             pos += n;
         }
         Ok(out)
-    }
-}
-
-/// Copies from `src[from..]` into `dst`, leaving zeros past the end of `src`.
-pub fn copy_clipped(src: &[u8], from: u64, dst: &mut [u8]) {
-    let from = from as usize;
-    if from < src.len() {
-        let n = dst.len().min(src.len() - from);
-        dst[..n].copy_from_slice(&src[from..from + n]);
     }
 }
 

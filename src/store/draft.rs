@@ -4,7 +4,7 @@
 //! generation on first write, or new); untouched chunks still point at committed chunk files.
 //! Nothing in `chunks/` or the index changes while a draft is written.
 
-use super::chunks::{copy_clipped, ChunkStore};
+use super::chunks::ChunkStore;
 use super::error::{StoreError, StoreResult};
 use super::records::{ChunkId, Ino, Manifest, Timestamp};
 use std::collections::BTreeMap;
@@ -82,12 +82,12 @@ impl Draft {
         if let Some(base) = needs_copy {
             let mut staged = self.new_staged(idx)?;
             if let Some(id) = base {
-                let map = chunks.map(&id)?;
+                let bytes = chunks.read_chunk(&id)?;
                 staged
                     .file
-                    .write_all_at(&map, 0)
+                    .write_all_at(&bytes, 0)
                     .map_err(|e| StoreError::io(format!("write {}", staged.path.display()), e))?;
-                staged.len = map.len() as u64;
+                staged.len = bytes.len() as u64;
             }
             self.slots.insert(idx, Slot::Staged(staged));
         }
@@ -136,7 +136,7 @@ impl Draft {
             let n = (cs - within).min(end - pos);
             let dst = &mut out[(pos - offset) as usize..][..n as usize];
             match self.slots.get(&idx) {
-                Some(Slot::Committed(id)) => copy_clipped(&chunks.map(id)?, within, dst),
+                Some(Slot::Committed(id)) => chunks.read_into(id, within, dst)?,
                 Some(Slot::Staged(s)) if within < s.len => {
                     let want = dst.len().min((s.len - within) as usize);
                     s.file

@@ -22,6 +22,9 @@ struct DirentValue {
     cookie: u64,
 }
 
+/// What a name pointed to at some point (None: nothing).
+type NameTarget = Option<(Ino, Kind)>;
+
 /// A directory entry as readdir returns it.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -278,7 +281,7 @@ impl Index {
     pub fn readdir_at(&self, parent: Ino, seq: u64) -> StoreResult<Vec<(Vec<u8>, Ino, Kind)>> {
         let prefix = key(b'h', &[&parent.to_be_bytes()]);
         let mut out: Vec<(Vec<u8>, Ino, Kind)> = Vec::new();
-        let mut current: Option<(Vec<u8>, Option<(Ino, Kind)>)> = None;
+        let mut current: Option<(Vec<u8>, NameTarget)> = None;
         for item in self.tree.scan_prefix(prefix) {
             let (k, v) = item.map_err(|e| sled_err("history", e))?;
             let len = k[9] as usize;

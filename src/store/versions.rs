@@ -189,11 +189,12 @@ fn keep_set(policy: &Retention, times: &[Timestamp], now: Timestamp) -> BTreeSet
         let cutoff = now.secs - w as i64;
         keep.extend(times.iter().enumerate().filter(|(_, t)| t.secs >= cutoff).map(|(i, _)| i));
     }
-    let buckets: [(Option<u64>, &dyn Fn(i64) -> i64); 4] = [
-        (policy.keep_hourly, &|s| s.div_euclid(3600)),
-        (policy.keep_daily, &|s| s.div_euclid(DAY_SECS)),
-        (policy.keep_weekly, &|s| (s.div_euclid(DAY_SECS) + 3).div_euclid(7)),
-        (policy.keep_monthly, &|s| {
+    type Bucket = fn(i64) -> i64;
+    let buckets: [(Option<u64>, Bucket); 4] = [
+        (policy.keep_hourly, |s| s.div_euclid(3600)),
+        (policy.keep_daily, |s| s.div_euclid(DAY_SECS)),
+        (policy.keep_weekly, |s| (s.div_euclid(DAY_SECS) + 3).div_euclid(7)),
+        (policy.keep_monthly, |s| {
             let (y, m) = year_month(s.div_euclid(DAY_SECS));
             y * 12 + m as i64
         }),
