@@ -3,6 +3,7 @@ mod conformance;
 mod consistency;
 mod daemon;
 mod durability;
+mod full_disk;
 mod posix;
 mod tampering;
 mod util;

@@ -331,6 +331,7 @@ impl Core {
             return Err(StoreError::io("write", std::io::Error::from_raw_os_error(libc::EIO)));
         }
         let offset = if w.append { slot.draft.size } else { offset };
+        self.store.ensure_space(data.len() as u64)?;
         slot.draft.write(offset, data, self.store.chunks())?;
         w.dirty.store(true, Ordering::SeqCst);
         w.only_truncated.store(false, Ordering::SeqCst);

@@ -96,6 +96,8 @@ pub struct Store {
     inode_locks: Vec<Mutex<()>>,
     /// Shared by commits from sealing to applying; exclusive while gc unlinks chunks.
     chunk_gc: parking_lot::RwLock<()>,
+    /// Free bytes of the store's filesystem, and when that was measured.
+    free_space: Mutex<(std::time::Instant, u64)>,
     next_ino: AtomicU64,
     /// The index refused a record the journal holds: memory and disk disagree until remount.
     index_failed: AtomicBool,
@@ -210,6 +212,7 @@ impl Store {
             ns_lock: Mutex::new(()),
             inode_locks: (0..INODE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             chunk_gc: parking_lot::RwLock::new(()),
+            free_space: Mutex::new((std::time::Instant::now(), 0)),
             next_ino: AtomicU64::new(next_ino),
             index_failed: AtomicBool::new(false),
             recovery: RecoveryReport {
@@ -651,6 +654,25 @@ impl Store {
             return Err(StoreError::io("statvfs", std::io::Error::last_os_error()));
         }
         Ok(st)
+    }
+
+    /// Refuses new data (ENOSPC) once the store's filesystem is down to its reserve, so that
+    /// journal records and index updates, which cannot be refused without turning the store
+    /// read-only (G5), still fit. The reserve is 5 % of the filesystem, 4 MiB to 256 MiB.
+    pub fn ensure_space(&self, bytes: u64) -> StoreResult<()> {
+        let mut cached = self.free_space.lock();
+        let (measured, free) = *cached;
+        if measured.elapsed() > std::time::Duration::from_millis(100) || free < bytes + (64 << 20) {
+            let st = self.statfs()?;
+            let total = st.f_blocks * st.f_frsize;
+            let reserve = (total / 20).clamp(4 << 20, 256 << 20);
+            *cached = (std::time::Instant::now(), (st.f_bavail * st.f_frsize).saturating_sub(reserve));
+        }
+        if cached.1 < bytes {
+            return Err(StoreError::io("store full", std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        }
+        cached.1 -= bytes;
+        Ok(())
     }
 
     pub fn inode_count(&self) -> u64 {

@@ -74,7 +74,13 @@ impl Mounted {
     }
 
     pub fn with_mkfs_args(test: &str, mkfs_args: &[&str]) -> Mounted {
-        let dir = tempfile::Builder::new().prefix(&format!("genfs-{test}-")).tempdir().expect("temp dir");
+        Self::in_dir(test, &std::env::temp_dir(), mkfs_args)
+    }
+
+    /// A store and mount point in a new directory under `parent` (e.g. a small filesystem).
+    pub fn in_dir(test: &str, parent: &Path, mkfs_args: &[&str]) -> Mounted {
+        let dir =
+            tempfile::Builder::new().prefix(&format!("genfs-{test}-")).tempdir_in(parent).expect("temp dir");
         let store = dir.path().join("store");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
