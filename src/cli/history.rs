@@ -1,7 +1,7 @@
 //! A file's history as the version xattrs show it (docs/xattrs.md): finding the genfs mount a
 //! path is on, reading the paged `user.genfs.log`, and the `FILE@GEN` argument syntax.
 
-use super::time::{format_rfc3339, parse_rfc3339};
+use super::time::{format_rfc3339, parse_rfc3339, parse_user_time};
 use anyhow::{anyhow, bail, Context};
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -145,7 +145,7 @@ impl GenSpec {
         if let Some(k) = s.strip_prefix('-').filter(|k| digits(k)) {
             return k.parse().ok().filter(|&k| k > 0).map(GenSpec::Back);
         }
-        parse_rfc3339(s).map(GenSpec::At)
+        parse_user_time(s).map(GenSpec::At)
     }
 }
 
