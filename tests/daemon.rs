@@ -38,3 +38,23 @@ fn bad_cli_arguments_get_one_line_errors() {
     let out = run(&["mount", dir.path().to_str().unwrap(), "/tmp", "-o", "frobnicate"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mount option `frobnicate`"));
 }
+
+/// On a filesystem without hard links chunks are published by rename; the same workload,
+/// dedup included, must come out the same, and the log says which way the store works.
+#[test]
+fn the_store_works_without_hard_links() {
+    let mut m = Mounted::new("nohardlinks");
+    m.daemon_env.push(("GENFS_NO_HARDLINKS".into(), "1".into()));
+    m.daemon_env.push(("RUST_LOG".into(), "genfs=info".into()));
+    m.remount();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    for name in ["a", "b", "c"] {
+        crate::util::write_file(&m.path(name), &data).unwrap();
+    }
+    crate::util::write_file(&m.path("a"), b"changed").unwrap();
+    m.remount();
+    assert_eq!(std::fs::read(m.path("a")).unwrap(), b"changed");
+    assert_eq!(std::fs::read(m.path("c")).unwrap(), data);
+    let log = std::fs::read_to_string(m.store.with_extension("log")).unwrap();
+    assert!(log.contains("chunks published by rename"), "{log}");
+}

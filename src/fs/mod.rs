@@ -87,6 +87,11 @@ fn ts(t: TimeOrNow) -> Timestamp {
 
 impl GenFs {
     pub fn new(store: Store) -> GenFs {
+        if store.chunks().uses_hard_links() {
+            tracing::info!("{}: {}", store.path().display(), store.features());
+        } else {
+            tracing::warn!("{}: {}", store.path().display(), store.features());
+        }
         let core = Arc::new(Core {
             store,
             nodes: Nodes::default(),

@@ -37,11 +37,21 @@ pub struct ChunkStore {
     io: Arc<dyn StoreIo>,
     pub chunk_size: u64,
     cache: Mutex<(HashMap<Hash, Cached>, u64)>,
+    /// Publish by hard link (EEXIST: already stored); false: rename under `rename_lock`.
+    hard_links: bool,
+    rename_lock: Mutex<()>,
 }
 
 impl ChunkStore {
-    pub fn new(dir: PathBuf, io: Arc<dyn StoreIo>, chunk_size: u64) -> Self {
-        ChunkStore { dir, io, chunk_size, cache: Mutex::new((HashMap::new(), 0)) }
+    pub fn new(dir: PathBuf, io: Arc<dyn StoreIo>, chunk_size: u64, hard_links: bool) -> Self {
+        ChunkStore {
+            dir,
+            io,
+            chunk_size,
+            cache: Mutex::new((HashMap::new(), 0)),
+            hard_links,
+            rename_lock: Mutex::new(()),
+        }
     }
 
     pub fn shard_dir(&self, hash: &Hash) -> PathBuf {
@@ -64,6 +74,9 @@ impl ChunkStore {
     /// Links a synced staging file into place; an existing chunk of that hash is kept (dedup).
     pub fn publish(&self, staged: &Path, hash: &Hash) -> StoreResult<()> {
         let target = self.path(hash);
+        if !self.hard_links {
+            return self.publish_by_rename(staged, &target);
+        }
         match self.io.link(staged, &target) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -73,6 +86,35 @@ impl ChunkStore {
             tracing::warn!("cannot remove staging file {}: {e}", staged.display());
         }
         Ok(())
+    }
+
+    /// For filesystems without hard links: rename into place unless the chunk exists. The lock
+    /// makes check-and-rename atomic among publishers, so a chunk is never renamed over.
+    fn publish_by_rename(&self, staged: &Path, target: &Path) -> StoreResult<()> {
+        let _one_at_a_time = self.rename_lock.lock();
+        if target.exists() {
+            let _ = self.io.unlink(staged);
+            return Ok(());
+        }
+        self.io.rename(staged, target).map_err(|e| StoreError::io(format!("rename chunk {}", target.display()), e))
+    }
+
+    /// Whether this filesystem has hard links; `GENFS_NO_HARDLINKS=1` forces the fallback
+    /// (tests of it run on filesystems that have them).
+    pub fn probe_hard_links(staging: &Path) -> bool {
+        if std::env::var_os("GENFS_NO_HARDLINKS").is_some_and(|v| v == "1") {
+            return false;
+        }
+        let a = staging.join(".probe-link-a");
+        let b = staging.join(".probe-link-b");
+        let ok = std::fs::write(&a, b"").is_ok() && std::fs::hard_link(&a, &b).is_ok();
+        let _ = std::fs::remove_file(&a);
+        let _ = std::fs::remove_file(&b);
+        ok
+    }
+
+    pub fn uses_hard_links(&self) -> bool {
+        self.hard_links
     }
 
     /// An open, verified descriptor of the chunk.

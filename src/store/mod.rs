@@ -201,7 +201,8 @@ impl Store {
             return Err(StoreError::Corrupted("the root directory is missing from the index".into()));
         }
         let next_ino = index.next_ino()?;
-        let chunks = ChunkStore::new(path.join("chunks"), io.clone(), config.chunk_size);
+        let hard_links = ChunkStore::probe_hard_links(&path.join("staging"));
+        let chunks = ChunkStore::new(path.join("chunks"), io.clone(), config.chunk_size, hard_links);
         let store = Store {
             root: path.to_path_buf(),
             config,
@@ -234,6 +235,14 @@ impl Store {
 
     pub fn chunks(&self) -> &ChunkStore {
         &self.chunks
+    }
+
+    /// What the store relies on from its filesystem, for the log at mount.
+    pub fn features(&self) -> String {
+        let publish = if self.chunks.uses_hard_links() { "hard links" } else { "rename (no hard links here)" };
+        format!(
+            "chunks published by {publish}; durability by fdatasync and directory fsync;              O_TMPFILE, reflink and fallocate not needed"
+        )
     }
 
     /// Writes are refused after a journal or index failure (G5).

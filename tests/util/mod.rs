@@ -64,6 +64,8 @@ fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct Mounted {
     pub store: PathBuf,
     pub mnt: PathBuf,
+    /// Environment of the daemon (besides the test's own).
+    pub daemon_env: Vec<(String, String)>,
     daemon: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -87,7 +89,7 @@ impl Mounted {
         let out =
             Command::new(genfs_bin()).arg("mkfs").arg(&store).args(mkfs_args).output().expect("run mkfs");
         assert!(out.status.success(), "mkfs failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut m = Mounted { store, mnt, daemon: None, _dir: dir };
+        let mut m = Mounted { store, mnt, daemon_env: Vec::new(), daemon: None, _dir: dir };
         m.mount();
         m
     }
@@ -104,6 +106,7 @@ impl Mounted {
             .arg(&self.store)
             .arg(&self.mnt)
             .args(["-f", "-o", "allow_other"])
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
