@@ -61,16 +61,24 @@ fn workload(mnt: &Path, round: u64, mut rng: Rng, state: &Mutex<HashMap<String, 
     unreachable!()
 }
 
-fn populate(m: &Mounted, files: usize) {
+/// Fills the store with `files` empty files through the store API (the daemon is stopped).
+fn populate(m: &mut Mounted, files: usize) {
+    use genfs::store::records::{Kind, ROOT_INO};
+    use genfs::store::{NewNode, Store};
     let start = Instant::now();
+    m.unmount();
+    let store = Store::open(&m.store).unwrap();
+    let node = |kind, perm| NewNode { kind, perm, uid: 0, gid: 0, rdev: 0, target: vec![] };
+    let (bulk, _) = store.create(ROOT_INO, b"bulk", &node(Kind::Dir, 0o755)).unwrap();
     for d in 0..100 {
-        let dir = m.path(&format!("bulk/d{d}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let (dir, _) = store.create(bulk, format!("d{d}").as_bytes(), &node(Kind::Dir, 0o755)).unwrap();
         for f in 0..files / 100 {
-            File::create(dir.join(format!("f{f}"))).unwrap();
+            store.create(dir, format!("f{f}").as_bytes(), &node(Kind::File, 0o644)).unwrap();
         }
     }
-    std::fs::create_dir(m.path("scratch")).unwrap();
+    store.create(ROOT_INO, b"scratch", &node(Kind::Dir, 0o755)).unwrap();
+    drop(store);
+    m.mount();
     eprintln!("created {files} files in {:.1} s", start.elapsed().as_secs_f64());
 }
 
@@ -78,7 +86,7 @@ fn populate(m: &Mounted, files: usize) {
 fn acknowledged_closes_survive_kill_9() {
     let rounds: u64 = std::env::var("GENFS_KILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
     let mut m = Mounted::new("kill9");
-    populate(&m, 100_000);
+    populate(&mut m, 100_000);
     let mut rng = Rng::new(seed("acknowledged_closes_survive_kill_9"));
     let state: Arc<Mutex<HashMap<String, Expect>>> = Arc::default();
     let mut slowest = Duration::ZERO;

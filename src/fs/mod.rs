@@ -444,7 +444,7 @@ fn sync_loop(core: &Core) {
             tracing::error!("periodic journal sync failed: {e}");
         }
         ticks += 1;
-        if ticks % CHECKPOINT_EVERY_SYNCS == 0 {
+        if ticks % CHECKPOINT_EVERY_SYNCS == 0 || core.store.checkpoint_due() {
             if let Err(e) = core.store.checkpoint() {
                 tracing::error!("checkpoint failed: {e}");
             }

@@ -38,6 +38,9 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
 pub const XATTR_NAME_BYTES_MAX: usize = 255;
 const INODE_LOCK_STRIPES: usize = 256;
+/// Records after the last checkpoint that trigger a new one (a replay of 10,000 records takes
+/// well under a second here).
+const REPLAY_RECORDS_MAX: u64 = 10_000;
 /// First readdir cookie of a directory's entries ("." and ".." take 1 and 2).
 pub const FIRST_COOKIE: u64 = 3;
 
@@ -96,6 +99,8 @@ pub struct Store {
     inode_locks: Vec<Mutex<()>>,
     /// Shared by commits from sealing to applying; exclusive while gc unlinks chunks.
     chunk_gc: parking_lot::RwLock<()>,
+    /// Sequence number the index was last made durable through.
+    checkpointed_seq: AtomicU64,
     /// Free bytes of the store's filesystem, and when that was measured.
     free_space: Mutex<(std::time::Instant, u64)>,
     next_ino: AtomicU64,
@@ -214,6 +219,7 @@ impl Store {
             inode_locks: (0..INODE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             chunk_gc: parking_lot::RwLock::new(()),
             free_space: Mutex::new((std::time::Instant::now(), 0)),
+            checkpointed_seq: AtomicU64::new(replay.checkpoint_seq),
             next_ino: AtomicU64::new(next_ino),
             index_failed: AtomicBool::new(false),
             recovery: RecoveryReport {
@@ -301,7 +307,16 @@ impl Store {
         self.journal.sync_to(watermark)?;
         self.index.flush()?;
         sync_tree(self.io.as_ref(), &self.root.join("index"))?;
-        self.journal.checkpoint(watermark)
+        self.journal.checkpoint(watermark)?;
+        self.checkpointed_seq.store(watermark, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether enough records piled up since the last checkpoint that recovery (which replays
+    /// them) would get slow: checkpoints are taken by time and by this bound.
+    pub fn checkpoint_due(&self) -> bool {
+        self.journal.last_seq().saturating_sub(self.checkpointed_seq.load(Ordering::SeqCst))
+            >= REPLAY_RECORDS_MAX
     }
 
     pub fn inode(&self, ino: Ino) -> StoreResult<Inode> {
@@ -770,3 +785,5 @@ fn sync_tree(io: &dyn StoreIo, dir: &Path) -> StoreResult<()> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fault_tests;
