@@ -1,0 +1,182 @@
+//! Load: 16 writer and 16 reader processes on one mount for GENFS_LOAD_SECS seconds (30 by
+//! default; 300 for the long run), with whole-file writes, save-by-rename, unlinks, xattrs and
+//! snapshots. Every read must be one whole generation (files carry a header that determines
+//! their body); at the end every file holds its writer's last acknowledged content, and the
+//! daemon's memory and descriptor count stay flat.
+
+use crate::util::{write_file, Mounted, Rng};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLE_ENV: &str = "GENFS_LOAD_ROLE";
+const WRITERS: u64 = 16;
+const READERS: u64 = 16;
+const FILES_PER_WRITER: u64 = 6;
+
+fn body(writer: u64, k: u64, iter: u64) -> Vec<u8> {
+    let len = 100 + (iter * 7919 + writer * 131 + k) % 150_000;
+    let mut out = format!("{writer} {k} {iter}\n").into_bytes();
+    let seed = blake3::hash(&out);
+    let mut xof = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
+    let start = out.len();
+    out.resize(start + len as usize, 0);
+    xof.fill(&mut out[start..]);
+    out
+}
+
+fn file(dir: &Path, writer: u64, k: u64) -> PathBuf {
+    dir.join(format!("w{writer}-{k}"))
+}
+
+fn run_writer(dir: &Path, writer: u64, deadline: Instant) {
+    let mut rng = Rng::new(writer + 1);
+    let mut last = vec![None; FILES_PER_WRITER as usize];
+    let mut iter = 0;
+    while Instant::now() < deadline {
+        iter += 1;
+        let k = rng.below(FILES_PER_WRITER);
+        let data = body(writer, k, iter);
+        let target = file(dir, writer, k);
+        let ok = match rng.below(10) {
+            0 => {
+                // Save by rename, as editors do.
+                let tmp = dir.join(format!("w{writer}-tmp"));
+                write_file(&tmp, &data).is_ok() && std::fs::rename(&tmp, &target).is_ok()
+            }
+            1 => {
+                let _ = xattr::set(&target, "user.iter", iter.to_string().as_bytes());
+                let scratch = dir.join(format!("w{writer}-scratch"));
+                let _ = write_file(&scratch, b"scratch");
+                std::fs::remove_file(&scratch).is_ok() && write_file(&target, &data).is_ok()
+            }
+            2 if writer == 0 => {
+                let root = dir.parent().unwrap();
+                let _ = xattr::set(root, "user.genfs.snapshot.create", format!("s{iter}").as_bytes());
+                if iter > 3 {
+                    let _ =
+                        xattr::set(root, "user.genfs.snapshot.delete", format!("s{}", iter - 3).as_bytes());
+                }
+                write_file(&target, &data).is_ok()
+            }
+            _ => write_file(&target, &data).is_ok(),
+        };
+        assert!(ok, "writer {writer}: an operation failed");
+        last[k as usize] = Some(iter);
+    }
+    for (k, it) in last.iter().enumerate() {
+        if let Some(it) = it {
+            println!("final {k} {it}");
+        }
+    }
+}
+
+fn run_reader(dir: &Path, reader: u64, deadline: Instant) {
+    let mut rng = Rng::new(1000 + reader);
+    let mut reads = 0u64;
+    while Instant::now() < deadline {
+        let p = file(dir, rng.below(WRITERS), rng.below(FILES_PER_WRITER));
+        let Ok(data) = std::fs::read(&p) else { continue };
+        if data.is_empty() {
+            // A file just created and not yet closed by its writer.
+            continue;
+        }
+        let header_end = data.iter().position(|b| *b == b'\n').expect("no header: torn or foreign bytes");
+        let fields: Vec<u64> = std::str::from_utf8(&data[..header_end])
+            .unwrap()
+            .split(' ')
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert!(data == body(fields[0], fields[1], fields[2]), "{} is not one whole generation", p.display());
+        reads += 1;
+    }
+    println!("reads {reads}");
+}
+
+/// Not a test on its own: the body of the load test's child processes.
+#[test]
+#[ignore = "child process of many_writers_and_readers_for_a_while"]
+fn load_role() {
+    let Ok(spec) = std::env::var(ROLE_ENV) else { return };
+    let f: Vec<&str> = spec.splitn(4, ':').collect();
+    let (role, n, secs, dir) = (f[0], f[1].parse().unwrap(), f[2].parse().unwrap(), Path::new(f[3]));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    match role {
+        "writer" => run_writer(dir, n, deadline),
+        _ => run_reader(dir, n, deadline),
+    }
+}
+
+/// (RSS in KiB, open descriptors) of a process.
+fn usage(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    (rss, fds)
+}
+
+#[test]
+fn many_writers_and_readers_for_a_while() {
+    let secs: u64 = std::env::var("GENFS_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let m = Mounted::new("load");
+    let dir = m.path("load");
+    std::fs::create_dir(&dir).unwrap();
+    let pid = m.daemon_pid().unwrap();
+    let spawn = |role: &str, n: u64| {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "load::load_role", "--ignored", "--nocapture", "--quiet"])
+            .env(ROLE_ENV, format!("{role}:{n}:{secs}:{}", dir.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let writers: Vec<_> = (0..WRITERS).map(|n| spawn("writer", n)).collect();
+    let readers: Vec<_> = (0..READERS).map(|n| spawn("reader", n)).collect();
+    std::thread::sleep(Duration::from_secs(secs.min(5)));
+    let start_usage = usage(pid);
+    let mut finals = Vec::new();
+    for (n, w) in writers.into_iter().enumerate() {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "writer {n} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("final ")) {
+            let f: Vec<u64> = line[6..].split(' ').map(|x| x.parse().unwrap()).collect();
+            finals.push((n as u64, f[0], f[1]));
+        }
+    }
+    let mut reads = 0u64;
+    for (n, r) in readers.into_iter().enumerate() {
+        let out = r.wait_with_output().unwrap();
+        assert!(out.status.success(), "reader {n} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        reads += text
+            .lines()
+            .find_map(|l| l.strip_prefix("reads "))
+            .and_then(|r| r.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    let end_usage = usage(pid);
+    for (w, k, iter) in &finals {
+        assert!(
+            std::fs::read(file(&dir, *w, *k)).unwrap() == body(*w, *k, *iter),
+            "w{w}-{k} lost its last write"
+        );
+    }
+    eprintln!(
+        "load {secs} s: {} files verified, {reads} whole-file reads; daemon RSS {} -> {} KiB, fds {} -> {}",
+        finals.len(),
+        start_usage.0,
+        end_usage.0,
+        start_usage.1,
+        end_usage.1
+    );
+    // The daemon caches up to 2,048 chunk descriptors (store/chunks.rs); beyond that, growth
+    // would be a leak.
+    assert!(end_usage.1 <= start_usage.1 + 2048 + 64, "descriptors grew: {start_usage:?} -> {end_usage:?}");
+    assert!(end_usage.0 <= start_usage.0 * 2 + 65_536, "memory grew: {start_usage:?} -> {end_usage:?}");
+}
