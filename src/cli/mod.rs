@@ -2,10 +2,15 @@
 //! prints the error chain once as `genfs: <context>: <cause>`.
 
 mod admin;
+mod docs;
+#[path = "../../mount-helper/helper.rs"]
+mod helper;
 mod history;
+mod logging;
 mod mount;
 mod time;
 mod tree;
+mod umount;
 mod versions;
 
 use crate::store::config::CONFIG_FILE;
@@ -17,7 +22,7 @@ use std::process::ExitCode;
 
 /// genfs: a versioned filesystem. Every close of a written file keeps a durable generation.
 #[derive(Parser, Debug)]
-#[command(name = "genfs", version, about, long_about = None)]
+#[command(name = "genfs", version, about, long_about = LONG_ABOUT, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,9 +44,45 @@ enum Command {
     ///
     /// Example: genfs mount ~/.local/share/genfs/default /tmp/genfs
     Mount(mount::MountArgs),
+    /// Unmount MOUNTPOINT and wait until the daemon has made everything durable and exited.
+    ///
+    /// Works for root and for the user who mounted (through fusermount3). `umount MOUNTPOINT`
+    /// does the same for root when the mount helpers are installed.
+    ///
+    /// Example: genfs umount /tmp/genfs
+    Umount(umount::UmountArgs),
     #[command(flatten)]
     Versions(versions::VersionCommand),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// Example: genfs completions bash > ~/.local/share/bash-completion/completions/genfs
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages genfs(1), genfs-SUBCOMMAND(1), mount.genfs(8) and genfs-xattr(7)
+    /// into DIR (packaging uses this).
+    ///
+    /// Example: genfs man target/man && man -l target/man/genfs.1
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
+
+const LONG_ABOUT: &str = "genfs: a versioned filesystem (FUSE). Every close of a written file \
+commits a durable, immutable generation; older generations stay readable and restorable through \
+extended attributes (genfs-xattr(7)), the read-only views under MOUNT/.genfs, and these commands.";
+
+const EXAMPLES: &str = "\
+Examples:
+  genfs mkfs ~/.local/share/genfs/default          # create a store
+  genfs mount ~/.local/share/genfs/default ~/gfs   # mount it
+  genfs log ~/gfs/notes.txt                        # every kept generation of a file
+  genfs cat ~/gfs/notes.txt@-1                     # the one before the current one
+  genfs restore ~/gfs/notes.txt@3                  # make generation 3 current again
+  genfs snapshot create before-upgrade -C ~/gfs    # name the whole tree as it is now
+  genfs umount ~/gfs                               # unmount; returns once all is on disk
+
+See genfs(1), mount.genfs(8) and genfs-xattr(7), and the user guide (docs/guide.md).";
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -57,17 +98,85 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is not a size (examples: 65536, 64K, 1M)"))
 }
 
+/// The `genfs` program: parses the command line and runs it; errors are printed once, as
+/// `genfs: <context>: <cause>`.
+///
+/// mount.fuse3 (fstab type `fuse.genfs` without the genfs helpers installed) runs
+/// `genfs STORE MOUNTPOINT -o OPTIONS`: that form is read as `genfs mount ...`.
+pub fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(h) = args.first().and_then(|a| helper::helper_for(a)) {
+        return helper::run(h, args);
+    }
+    main_with(args)
+}
+
+/// `genfs` with these arguments (`args[0]` is the program name).
+fn main_with(mut args: Vec<std::ffi::OsString>) -> ExitCode {
+    if is_mount_fuse_form(&args) {
+        args.insert(1, "mount".into());
+    }
+    let cli = Cli::parse_from(args);
+    if !matches!(cli.command, Command::Mount(_)) {
+        logging::init_cli();
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("genfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `genfs STORE MOUNTPOINT [-o OPTIONS]`: two leading arguments that are not subcommands.
+fn is_mount_fuse_form(args: &[std::ffi::OsString]) -> bool {
+    use clap::CommandFactory;
+    let (Some(first), Some(second)) = (args.get(1), args.get(2)) else { return false };
+    let first = first.to_string_lossy();
+    let cmd = Cli::command();
+    let known =
+        cmd.get_subcommands().any(|c| c.get_name() == first || c.get_all_aliases().any(|a| a == first));
+    !known && first != "help" && !first.starts_with('-') && !second.to_string_lossy().starts_with('-')
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Mkfs { store, chunk_size } => mkfs(&store, chunk_size),
         Command::Mount(args) => mount::mount(args),
+        Command::Umount(args) => umount::umount(args),
         Command::Versions(cmd) => versions::run(cmd),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "genfs", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => docs::write_man_pages(&dir).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// The clap definition of `genfs` (for man pages and completions).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 fn mkfs(store: &std::path::Path, chunk_size: u64) -> anyhow::Result<ExitCode> {
     // SAFETY: geteuid/getegid cannot fail.
     let owner = unsafe { (libc::geteuid(), libc::getegid()) };
+    // A new store directory is private to its owner (0700): it holds every version of every
+    // file. The parents are made as usual. An existing empty directory keeps its mode.
+    if !store.exists() {
+        if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(store) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create store {}", store.display())),
+        }
+    }
     match Store::mkfs(store, chunk_size, owner) {
         Ok(()) => {
             println!("created genfs store {} (chunk size {chunk_size} bytes)", store.display());
@@ -82,11 +191,4 @@ fn mkfs(store: &std::path::Path, chunk_size: u64) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot create store {}", store.display())),
     }
-}
-
-/// Logs go to stderr, quiet unless RUST_LOG asks for more (`RUST_LOG=genfs=debug`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

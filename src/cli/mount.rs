@@ -1,56 +1,162 @@
-//! `genfs mount`: checks, then (unless `-f`) forks a daemon that opens the store, mounts and
+//! `genfs mount`: checks, then (unless `-f`) forks a daemon that opens the store, mounts, and
 //! reports readiness or its error back through a pipe, so the command returns only when the
-//! mount is usable and fails with the daemon's own message.
+//! mount answers and fails with the daemon's own message.
+//!
+//! The mount shows in /proc/mounts as type `fuse.genfs` with the store as its source. As root
+//! it is also recorded in /run/mount/utab with `uhelper=genfs`: that makes `umount MNT` look
+//! the mount up in mountinfo, see the type and run `umount.fuse.genfs` (root) or
+//! `umount.genfs` (users), which wait for the daemon to finish (`genfs umount`).
 
+use super::logging::{self, LogTarget};
 use crate::fs::GenFs;
-use crate::store::Store;
+use crate::store::records::ROOT_INO;
+use crate::store::{Retention, Store};
 use anyhow::{bail, Context};
 use clap::Args;
 use fuser::{Config, MountOption, Session, SessionACL};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub const MOUNT_EXAMPLES: &str = "\
+Examples:
+  genfs mount ~/.local/share/genfs/default ~/genfs
+  genfs mount /srv/genfs/projects /projects -o allow_other,log=syslog
+  genfs mount /srv/genfs/scratch /scratch -o 'retention=keep-last=5:keep-within=2d'
+  mount -t genfs /srv/genfs/projects /projects -o nodev,nosuid   # the same, through mount(8)
+
+/etc/fstab:
+  /srv/genfs/projects  /projects  genfs  defaults,nofail  0  0";
 
 #[derive(Args, Debug)]
+#[command(after_help = MOUNT_EXAMPLES)]
 pub struct MountArgs {
-    /// The store (made by `genfs mkfs`).
+    /// The store (made by `genfs mkfs`); mount.fuse's `genfs#STORE` form is accepted too.
     store: PathBuf,
     /// An existing directory to mount on.
     mountpoint: PathBuf,
-    /// Mount options, comma separated: allow_other, ro, rw, nodev, nosuid, noexec, dev, suid,
-    /// exec, default_permissions (always on); `_netdev`, `nofail` and `x-*` are ignored.
-    #[arg(short = 'o', value_name = "OPTIONS")]
+    /// Mount options, comma separated (repeatable).
+    ///
+    /// Generic: ro, rw, nodev, nosuid, noexec, dev, suid, exec, atime, noatime, sync, async,
+    /// dirsync, allow_other (other users may enter; for non-root users only if /etc/fuse.conf
+    /// has user_allow_other), allow_root, default_permissions (always on: permissions are
+    /// checked for every user). Ignored, as mount(8) and fstab use them: defaults, auto,
+    /// noauto, user, nouser, users, owner, group, nofail, _netdev, relatime, strictatime,
+    /// lazytime, silent, loud, comment=…, x-…, uhelper=…, helper=…, fsname=…, subtype=….
+    ///
+    /// genfs: debug (log at debug level), log=PATH (daemon log file; default STORE/genfs.log),
+    /// log=syslog (syslog, which journald collects), retention=POLICY (set the retention policy
+    /// of the root, inherited by every file without its own; separate its rules with `:` or
+    /// quote it, e.g. retention=keep-last=5:keep-within=2d; see genfs-xattr(7)).
+    #[arg(short = 'o', value_name = "OPTIONS", verbatim_doc_comment)]
     options: Vec<String>,
-    /// Stay in the foreground (logs to stderr).
+    /// Stay in the foreground (logs to stderr unless log= says otherwise).
     #[arg(short = 'f', long)]
     foreground: bool,
+    /// Ignore unknown mount options (with a warning) instead of refusing to mount (mount -s).
+    #[arg(short = 's', long)]
+    sloppy: bool,
+    /// Do not record the mount in /run/mount/utab (mount -n); `umount` then returns without
+    /// waiting for the daemon.
+    #[arg(short = 'n', long = "no-mtab")]
+    no_mtab: bool,
+    /// Say what was mounted where.
+    #[arg(short = 'v', long)]
+    verbose: bool,
 }
 
-struct Options {
+#[derive(Debug, Default)]
+pub(super) struct Options {
     mount: Vec<MountOption>,
-    allow_other: bool,
+    acl: Acl,
+    read_only: bool,
+    debug: bool,
+    log: Option<LogTarget>,
+    retention: Option<String>,
+    /// Unknown options ignored because of `-s`.
+    ignored: Vec<String>,
 }
 
-fn parse_options(raw: &[String]) -> anyhow::Result<Options> {
-    let mut opts = Options { mount: vec![MountOption::DefaultPermissions], allow_other: false };
-    for opt in raw.iter().flat_map(|o| o.split(',')).map(str::trim).filter(|o| !o.is_empty()) {
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Acl {
+    #[default]
+    Owner,
+    Root,
+    All,
+}
+
+/// Options that mount(8), fstab and mount.fuse use for themselves; they mean nothing to genfs.
+fn is_ignored(opt: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "default_permissions",
+        "defaults",
+        "auto",
+        "noauto",
+        "user",
+        "nouser",
+        "users",
+        "owner",
+        "group",
+        "nofail",
+        "_netdev",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+        "lazytime",
+        "nolazytime",
+        "silent",
+        "loud",
+    ];
+    const PREFIXES: &[&str] = &["x-", "X-", "comment=", "uhelper=", "helper=", "fsname=", "subtype="];
+    WORDS.contains(&opt) || PREFIXES.iter().any(|p| opt.starts_with(p))
+}
+
+/// Splits an option string at commas outside double quotes (`retention="a=1,b=2",ro`).
+fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect()
+}
+
+pub(super) fn parse_options(raw: &[String], sloppy: bool) -> anyhow::Result<Options> {
+    let mut opts = Options { mount: vec![MountOption::DefaultPermissions], ..Default::default() };
+    for opt in raw.iter().flat_map(|o| split_options(o)) {
+        let opt = opt.as_str();
         let m = match opt {
+            o if is_ignored(o) => continue,
             "allow_other" => {
-                opts.allow_other = true;
+                opts.acl = Acl::All;
                 continue;
             }
-            "default_permissions"
-            | "_netdev"
-            | "nofail"
-            | "defaults"
-            | "auto"
-            | "noauto"
-            | "user"
-            | "nouser" => continue,
-            o if o.starts_with("x-") => continue,
-            "ro" => MountOption::RO,
-            "rw" => MountOption::RW,
+            "allow_root" => {
+                opts.acl = opts.acl.max_with(Acl::Root);
+                continue;
+            }
+            "debug" => {
+                opts.debug = true;
+                continue;
+            }
+            "ro" => {
+                opts.read_only = true;
+                MountOption::RO
+            }
+            "rw" => {
+                opts.read_only = false;
+                MountOption::RW
+            }
             "dev" => MountOption::Dev,
             "nodev" => MountOption::NoDev,
             "suid" => MountOption::Suid,
@@ -59,11 +165,53 @@ fn parse_options(raw: &[String]) -> anyhow::Result<Options> {
             "noexec" => MountOption::NoExec,
             "atime" => MountOption::Atime,
             "noatime" => MountOption::NoAtime,
-            other => bail!("unknown mount option `{other}` (see `genfs mount --help`)"),
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            o if o.starts_with("log=") => {
+                opts.log = Some(match &o[4..] {
+                    "" => bail!("log=: expected log=PATH or log=syslog"),
+                    "syslog" => LogTarget::Syslog,
+                    path => LogTarget::File(PathBuf::from(path)),
+                });
+                continue;
+            }
+            o if o.starts_with("retention=") => {
+                let policy = o["retention=".len()..].replace(':', ",");
+                policy.parse::<Retention>().map_err(|e| anyhow::anyhow!("retention={policy}: {e}"))?;
+                opts.retention = Some(policy);
+                continue;
+            }
+            o if o.starts_with("commit=") || o.starts_with("cache=") => bail!(
+                "mount option `{o}` is not supported by this genfs: every close already commits \
+                 durably, and the kernel cache is managed per generation"
+            ),
+            other if sloppy => {
+                opts.ignored.push(other.to_string());
+                continue;
+            }
+            other => {
+                bail!("unknown mount option `{other}` (see `genfs mount --help`; -s ignores unknown options)")
+            }
         };
         opts.mount.push(m);
     }
+    if opts.read_only && opts.retention.is_some() {
+        bail!("retention= changes the store: it cannot be combined with ro");
+    }
     Ok(opts)
+}
+
+impl Acl {
+    fn max_with(self, other: Acl) -> Acl {
+        if self == Acl::All || other == Acl::All {
+            Acl::All
+        } else if self == Acl::Root || other == Acl::Root {
+            Acl::Root
+        } else {
+            Acl::Owner
+        }
+    }
 }
 
 fn check_mountpoint(mnt: &Path) -> anyhow::Result<()> {
@@ -81,19 +229,83 @@ fn check_mountpoint(mnt: &Path) -> anyhow::Result<()> {
     }
 }
 
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether /etc/fuse.conf lets users other than root use allow_other.
+fn fuse_conf_allows_other(conf: &str) -> bool {
+    conf.lines().any(|l| l.trim() == "user_allow_other")
+}
+
+/// What a user needs before fusermount3 can mount for them; checked here so the error says why.
+fn check_unprivileged(opts: &Options) -> anyhow::Result<()> {
+    if euid() == 0 {
+        return Ok(());
+    }
+    // SAFETY: access(2) on a constant path.
+    if unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } != 0 {
+        let e = super::history::cause(&std::io::Error::last_os_error());
+        bail!(
+            "cannot use /dev/fuse: {e}. Mounting as a normal user needs /dev/fuse to be readable and \
+             writable by everyone (mode 0666, the default of Debian's fuse3 package; `sudo chmod 0666 \
+             /dev/fuse` or a udev rule fixes it) and fusermount3 (package fuse3)"
+        );
+    }
+    if opts.acl != Acl::Owner {
+        let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+        if !fuse_conf_allows_other(&conf) {
+            bail!(
+                "allow_other and allow_root are only allowed for users other than root if /etc/fuse.conf \
+                 contains a line `user_allow_other` (ask your administrator), or mount without them"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `genfs#STORE` (mount.fuse's convention for naming the program in the source) is STORE.
+fn strip_program(store: &Path) -> PathBuf {
+    let s = store.as_os_str().as_encoded_bytes();
+    match s.strip_prefix(b"genfs#") {
+        // SAFETY: a suffix after an ASCII prefix of a valid OsStr is a valid OsStr.
+        Some(rest) => PathBuf::from(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(rest) }),
+        None => store.to_path_buf(),
+    }
+}
+
 pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
-    let opts = parse_options(&args.options)?;
+    let opts = parse_options(&args.options, args.sloppy)?;
+    for o in &opts.ignored {
+        eprintln!("genfs: ignoring unknown mount option `{o}` (sloppy mode)");
+    }
+    let store = strip_program(&args.store);
     check_mountpoint(&args.mountpoint)?;
-    crate::store::config::StoreConfig::load(&args.store)
-        .with_context(|| format!("cannot mount {}", args.store.display()))?;
-    let store =
-        std::fs::canonicalize(&args.store).with_context(|| format!("store {}", args.store.display()))?;
+    crate::store::config::StoreConfig::load(&store)
+        .with_context(|| format!("cannot mount {}", store.display()))?;
+    check_unprivileged(&opts)?;
+    let store = std::fs::canonicalize(&store).with_context(|| format!("store {}", store.display()))?;
     let mnt = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+    let register = euid() == 0 && !args.no_mtab;
+    let log = match &opts.log {
+        Some(LogTarget::File(p)) => LogTarget::File(std::path::absolute(p).context("log=")?),
+        Some(t) => t.clone(),
+        None if args.foreground => LogTarget::Stderr,
+        None => LogTarget::File(store.join("genfs.log")),
+    };
     if args.foreground {
-        serve(&store, &mnt, opts, None)?;
+        let log_file = open_log(&log)?;
+        if let Some(f) = &log_file {
+            redirect_output(f.as_raw_fd(), false);
+        }
+        logging::init_daemon(&log, opts.debug);
+        let daemon = Daemon { store, mnt, opts, register, ready: Arc::new(Mutex::new(None)) };
+        daemon.serve()?;
         return Ok(ExitCode::SUCCESS);
     }
+    let log_file = open_log(&log)?;
     let (read_end, write_end) = pipe()?;
     // SAFETY: the process is single-threaded here (no thread has been started yet), so the
     // child may run arbitrary code after fork.
@@ -101,8 +313,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         -1 => Err(std::io::Error::last_os_error()).context("fork"),
         0 => {
             drop(read_end);
-            detach(&store);
-            let code = match serve(&store, &mnt, opts, Some(write_end)) {
+            detach(log_file.as_ref().map(|f| f.as_raw_fd()));
+            drop(log_file);
+            logging::init_daemon(&log, opts.debug);
+            let ready = Arc::new(Mutex::new(Some(std::fs::File::from(write_end))));
+            let daemon = Daemon { store, mnt, opts, register, ready };
+            let code = match daemon.serve() {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -113,14 +329,40 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         }
         _child => {
             drop(write_end);
+            drop(log_file);
             let mut msg = String::new();
             let _ = std::fs::File::from(read_end).read_to_string(&mut msg);
             match msg.strip_prefix("ready") {
-                Some(_) => Ok(ExitCode::SUCCESS),
-                None if msg.is_empty() => bail!("the genfs daemon exited before the mount was ready"),
+                Some(_) => {
+                    if args.verbose {
+                        println!("genfs: mounted {} on {}", store.display(), mnt.display());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None if msg.is_empty() => bail!(
+                    "the genfs daemon exited before the mount was ready (see {})",
+                    match &log {
+                        LogTarget::File(p) => p.display().to_string(),
+                        LogTarget::Syslog => "the system log".into(),
+                        LogTarget::Stderr => "its standard error".into(),
+                    }
+                ),
                 None => bail!("{}", msg.trim_end()),
             }
         }
+    }
+}
+
+/// Opens the daemon's log file (append), so a bad path fails the mount command itself.
+fn open_log(target: &LogTarget) -> anyhow::Result<Option<std::fs::File>> {
+    match target {
+        LogTarget::File(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Some)
+            .with_context(|| format!("cannot open log file {}", path.display())),
+        _ => Ok(None),
     }
 }
 
@@ -134,25 +376,34 @@ fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// New session, stdin from /dev/null, stdout and stderr to the store's log file.
-fn detach(store: &Path) {
+/// Points stdout and stderr at `fd` (or /dev/null) and, when `stdin`, stdin at /dev/null.
+fn redirect_output(fd: libc::c_int, stdin: bool) {
     // SAFETY: plain syscalls on descriptors this process owns.
     unsafe {
-        libc::setsid();
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
+        if stdin && null >= 0 {
             libc::dup2(null, 0);
+        }
+        let out = if fd >= 0 { fd } else { null };
+        if out >= 0 {
+            libc::dup2(out, 1);
+            libc::dup2(out, 2);
+        }
+        if null >= 0 {
             libc::close(null);
         }
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(store.join("genfs.log"));
-    if let Ok(log) = log {
-        // SAFETY: dup2 onto stdout/stderr of a descriptor we own.
-        unsafe {
-            libc::dup2(log.as_raw_fd(), 1);
-            libc::dup2(log.as_raw_fd(), 2);
-        }
+}
+
+/// New session, working directory `/` (so the daemon keeps no other mount busy), stdin from
+/// /dev/null, stdout and stderr to the log file (or /dev/null for syslog).
+fn detach(log: Option<libc::c_int>) {
+    // SAFETY: setsid and chdir have no memory-safety preconditions.
+    unsafe {
+        libc::setsid();
+        libc::chdir(c"/".as_ptr());
     }
+    redirect_output(log.unwrap_or(-1), true);
 }
 
 /// Blocks SIGTERM/SIGINT/SIGHUP in every thread and returns the set for sigwait.
@@ -169,25 +420,6 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn serve(store_path: &Path, mnt: &Path, opts: Options, ready: Option<OwnedFd>) -> anyhow::Result<()> {
-    let mut ready = ready.map(std::fs::File::from);
-    let result = start(store_path, mnt, opts);
-    let session = match result {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(r) = ready.as_mut() {
-                let _ = write!(r, "{e:#}");
-            }
-            return Err(e);
-        }
-    };
-    if let Some(mut r) = ready.take() {
-        let _ = r.write_all(b"ready");
-    }
-    session.run().context("FUSE session ended with an error")?;
-    Ok(())
-}
-
 /// Cached chunk descriptors and open handles need more than the default 1,024 descriptors.
 fn raise_fd_limit() {
     // SAFETY: getrlimit/setrlimit on a local struct.
@@ -200,48 +432,171 @@ fn raise_fd_limit() {
     }
 }
 
-fn start(store_path: &Path, mnt: &Path, opts: Options) -> anyhow::Result<Session<GenFs>> {
-    let sigset = block_signals();
-    raise_fd_limit();
-    let store =
-        Store::open(store_path).with_context(|| format!("cannot open store {}", store_path.display()))?;
-    let report = store.recovery.clone();
-    if report.replayed_records > 0 || report.truncated_journal_bytes > 0 {
-        tracing::info!(
-            "recovered {}: replayed {} journal records, cut {} torn bytes, removed {} drafts",
-            store_path.display(),
-            report.replayed_records,
-            report.truncated_journal_bytes,
-            report.removed_staging_files
-        );
+/// The serving process (the forked daemon, or `genfs mount -f` itself).
+struct Daemon {
+    store: PathBuf,
+    mnt: PathBuf,
+    opts: Options,
+    /// Record the mount in utab (root, not `-n`).
+    register: bool,
+    /// Where "ready" or the error goes (the parent's pipe); taken by whoever reports first.
+    ready: Arc<Mutex<Option<std::fs::File>>>,
+}
+
+fn tell_parent(ready: &Mutex<Option<std::fs::File>>, msg: &str) {
+    if let Some(mut f) = ready.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = f.write_all(msg.as_bytes());
     }
-    let fs = GenFs::new(store);
-    let core = fs.notifier_slot();
-    let mut cfg = Config::default();
-    cfg.mount_options = opts.mount;
-    cfg.mount_options.push(MountOption::FSName(store_path.display().to_string()));
-    cfg.mount_options.push(MountOption::Subtype("genfs".into()));
-    cfg.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
-    cfg.n_threads = Some(4);
-    cfg.clone_fd = true;
-    let mut session =
-        Session::new(fs, mnt, &cfg).with_context(|| format!("cannot mount on {}", mnt.display()))?;
-    core.set_notifier(session.notifier());
-    raise_readahead(mnt);
-    let mut unmounter = session.unmount_callable();
-    std::thread::Builder::new()
-        .name("genfs-signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: waiting on a valid, blocked signal set.
-            unsafe { libc::sigwait(&sigset, &mut sig) };
-            tracing::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                tracing::error!("unmount after signal {sig} failed: {e}");
+}
+
+impl Daemon {
+    fn serve(self) -> anyhow::Result<()> {
+        let registered = Arc::new(AtomicBool::new(false));
+        let session = match self.start(&registered) {
+            Ok(s) => s,
+            Err(e) => {
+                tell_parent(&self.ready, &format!("{e:#}"));
+                return Err(e);
             }
-        })
-        .context("cannot start signal thread")?;
-    Ok(session)
+        };
+        tracing::info!("mounted {} on {}", self.store.display(), self.mnt.display());
+        let result = session.run();
+        tell_parent(&self.ready, "the FUSE session ended before the mount was ready");
+        result.context("FUSE session ended with an error")?;
+        tracing::info!("unmounted {}; store closed", self.mnt.display());
+        Ok(())
+    }
+
+    fn start(&self, registered: &Arc<AtomicBool>) -> anyhow::Result<Session<GenFs>> {
+        let sigset = block_signals();
+        raise_fd_limit();
+        let store = Store::open(&self.store)
+            .with_context(|| format!("cannot open store {}", self.store.display()))?;
+        let report = store.recovery.clone();
+        if report.replayed_records > 0 || report.truncated_journal_bytes > 0 {
+            tracing::info!(
+                "recovered {}: replayed {} journal records, cut {} torn bytes, removed {} drafts",
+                self.store.display(),
+                report.replayed_records,
+                report.truncated_journal_bytes,
+                report.removed_staging_files
+            );
+        }
+        if let Some(policy) = &self.opts.retention {
+            store
+                .set_retention(ROOT_INO, Some(policy))
+                .with_context(|| format!("cannot set retention={policy} on the root"))?;
+        }
+        let fs = GenFs::new(store);
+        let core = fs.notifier_slot();
+        let mut cfg = Config::default();
+        cfg.mount_options = self.opts.mount.clone();
+        cfg.mount_options.push(MountOption::FSName(self.store.display().to_string()));
+        // fuser's Subtype is only passed to fusermount; as a kernel option `subtype=` names the
+        // type `fuse.genfs` on the direct mount(2) path too (and fusermount3 understands it).
+        cfg.mount_options.push(MountOption::CUSTOM("subtype=genfs".into()));
+        cfg.acl = match self.opts.acl {
+            Acl::Owner => SessionACL::Owner,
+            Acl::Root => SessionACL::RootAndOwner,
+            Acl::All => SessionACL::All,
+        };
+        cfg.n_threads = Some(4);
+        cfg.clone_fd = true;
+        let mut session = Session::new(fs, &self.mnt, &cfg)
+            .map_err(|e| explain_mount_error(e, &self.mnt))
+            .with_context(|| format!("cannot mount on {}", self.mnt.display()))?;
+        core.set_notifier(session.notifier());
+        raise_readahead(&self.mnt);
+        let mut unmounter = session.unmount_callable();
+        let (mnt, reg) = (self.mnt.clone(), registered.clone());
+        std::thread::Builder::new()
+            .name("genfs-signals".into())
+            .spawn(move || {
+                let mut sig = 0;
+                // SAFETY: waiting on a valid, blocked signal set.
+                unsafe { libc::sigwait(&sigset, &mut sig) };
+                tracing::info!("signal {sig}: unmounting");
+                // Through umount(8) when the mount is in utab, so the entry goes with it.
+                if reg.load(Ordering::SeqCst) && run_quietly("umount", &["-i".as_ref(), mnt.as_os_str()]) {
+                    return;
+                }
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmount after signal {sig} failed: {e}");
+                }
+            })
+            .context("cannot start signal thread")?;
+        // Ready once the kernel has our answer to INIT: a stat of the root goes through it.
+        let (mnt, ready, register, reg) =
+            (self.mnt.clone(), self.ready.clone(), self.register, registered.clone());
+        let store_path = self.store.clone();
+        std::thread::Builder::new()
+            .name("genfs-ready".into())
+            .spawn(move || {
+                if let Err(e) = std::fs::metadata(&mnt) {
+                    tell_parent(&ready, &format!("the new mount on {} does not answer: {e}", mnt.display()));
+                    return;
+                }
+                if register {
+                    reg.store(register_in_utab(&store_path, &mnt), Ordering::SeqCst);
+                }
+                tell_parent(&ready, "ready");
+            })
+            .context("cannot start readiness thread")?;
+        Ok(session)
+    }
+}
+
+/// Adds the mount to /run/mount/utab with `uhelper=genfs`, through mount(8) itself (which
+/// knows the file's format and lock): `mount --fake` records without mounting.
+fn register_in_utab(store: &Path, mnt: &Path) -> bool {
+    if !Path::new("/run/mount").is_dir() && std::fs::create_dir_all("/run/mount").is_err() {
+        return false;
+    }
+    let args = [
+        "--fake".as_ref(),
+        "--internal-only".as_ref(),
+        "--no-canonicalize".as_ref(),
+        "-t".as_ref(),
+        "fuse.genfs".as_ref(),
+        "-o".as_ref(),
+        "uhelper=genfs".as_ref(),
+        store.as_os_str(),
+        mnt.as_os_str(),
+    ];
+    let ok = run_quietly("mount", &args);
+    if !ok {
+        tracing::debug!("could not record {} in /run/mount/utab; umount will not wait", mnt.display());
+    }
+    ok
+}
+
+/// Runs a util-linux tool (from /usr/bin, /bin or PATH) with its output discarded.
+fn run_quietly(tool: &str, args: &[&std::ffi::OsStr]) -> bool {
+    let candidates = [format!("/usr/bin/{tool}"), format!("/bin/{tool}"), tool.to_string()];
+    let prog = candidates.iter().find(|c| Path::new(c).is_file()).cloned().unwrap_or(tool.to_string());
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// fuser's errors for the common refusals, said in the user's terms.
+fn explain_mount_error(e: std::io::Error, mnt: &Path) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("user_allow_other") {
+        anyhow::anyhow!("allow_other needs `user_allow_other` in /etc/fuse.conf for users other than root")
+    } else if e.kind() == std::io::ErrorKind::PermissionDenied && text.contains("fuse") {
+        anyhow::anyhow!("{text} (is /dev/fuse readable and writable by this user?)")
+    } else if text.contains("fusermount") && text.contains("not found") {
+        anyhow::anyhow!("{text}: mounting as a normal user needs fusermount3 (package fuse3)")
+    } else if text.is_empty() {
+        anyhow::anyhow!("fusermount3 refused to mount on {}", mnt.display())
+    } else {
+        anyhow::Error::new(e)
+    }
 }
 
 /// Large cached reads need a readahead window as big as a FUSE read (1 MiB); best effort.
@@ -256,5 +611,75 @@ fn raise_readahead(mnt: &Path) {
                 tracing::debug!("cannot raise readahead ({path}): {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> anyhow::Result<Options> {
+        parse_options(&[s.to_string()], false)
+    }
+
+    #[test]
+    fn generic_and_ignored_options() {
+        let o =
+            parse("defaults,nofail,_netdev,x-systemd.automount,noauto,user,rw,nodev,nosuid,noexec").unwrap();
+        assert_eq!(
+            o.mount,
+            vec![
+                MountOption::DefaultPermissions,
+                MountOption::RW,
+                MountOption::NoDev,
+                MountOption::NoSuid,
+                MountOption::NoExec
+            ]
+        );
+        assert_eq!(o.acl, Acl::Owner);
+        let o = parse("ro,allow_other,default_permissions,dev,suid,uhelper=genfs,comment=x").unwrap();
+        assert!(o.read_only);
+        assert_eq!(o.acl, Acl::All);
+        assert!(o.mount.contains(&MountOption::Dev) && o.mount.contains(&MountOption::Suid));
+    }
+
+    #[test]
+    fn genfs_options() {
+        let o = parse("debug,log=syslog").unwrap();
+        assert!(o.debug);
+        assert_eq!(o.log, Some(LogTarget::Syslog));
+        let o = parse("log=/var/log/genfs.log").unwrap();
+        assert_eq!(o.log, Some(LogTarget::File("/var/log/genfs.log".into())));
+        let o = parse("retention=keep-last=5:keep-within=2d,rw").unwrap();
+        assert_eq!(o.retention.as_deref(), Some("keep-last=5,keep-within=2d"));
+        let o = parse("retention=\"keep-last=5,keep-daily=7\",noatime").unwrap();
+        assert_eq!(o.retention.as_deref(), Some("keep-last=5,keep-daily=7"));
+        assert!(o.mount.contains(&MountOption::NoAtime));
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_a_reason() {
+        let err = |s: &str| format!("{:#}", parse(s).unwrap_err());
+        assert!(err("frobnicate").contains("unknown mount option `frobnicate`"));
+        assert!(err("retention=keep-forever").contains("retention=keep-forever"));
+        assert!(err("commit=5").contains("not supported"));
+        assert!(err("cache=none").contains("not supported"));
+        assert!(err("ro,retention=keep-last=3").contains("cannot be combined with ro"));
+        assert!(err("log=").contains("log=PATH"));
+        let o = parse_options(&["frobnicate,ro".into()], true).unwrap();
+        assert_eq!(o.ignored, vec!["frobnicate".to_string()]);
+        assert!(o.read_only);
+    }
+
+    #[test]
+    fn mount_fuse_source_form() {
+        assert_eq!(strip_program(Path::new("genfs#/srv/store")), PathBuf::from("/srv/store"));
+        assert_eq!(strip_program(Path::new("/srv/store")), PathBuf::from("/srv/store"));
+    }
+
+    #[test]
+    fn fuse_conf() {
+        assert!(!fuse_conf_allows_other("# user_allow_other\n#user_allow_other\n"));
+        assert!(fuse_conf_allows_other("mount_max = 1000\nuser_allow_other\n"));
     }
 }
