@@ -32,36 +32,44 @@ fn file(dir: &Path, writer: u64, k: u64) -> PathBuf {
 fn run_writer(dir: &Path, writer: u64, deadline: Instant) {
     let mut rng = Rng::new(writer + 1);
     let mut last = vec![None; FILES_PER_WRITER as usize];
+    let mut snapshots = std::collections::VecDeque::new();
     let mut iter = 0;
     while Instant::now() < deadline {
         iter += 1;
         let k = rng.below(FILES_PER_WRITER);
         let data = body(writer, k, iter);
         let target = file(dir, writer, k);
-        let ok = match rng.below(10) {
+        let result = match rng.below(10) {
             0 => {
                 // Save by rename, as editors do.
                 let tmp = dir.join(format!("w{writer}-tmp"));
-                write_file(&tmp, &data).is_ok() && std::fs::rename(&tmp, &target).is_ok()
+                write_file(&tmp, &data)
+                    .and_then(|_| std::fs::rename(&tmp, &target))
+                    .map_err(|e| ("save by rename", e))
             }
             1 => {
-                let _ = xattr::set(&target, "user.iter", iter.to_string().as_bytes());
                 let scratch = dir.join(format!("w{writer}-scratch"));
-                let _ = write_file(&scratch, b"scratch");
-                std::fs::remove_file(&scratch).is_ok() && write_file(&target, &data).is_ok()
+                write_file(&scratch, b"scratch")
+                    .and_then(|_| std::fs::remove_file(&scratch))
+                    .and_then(|_| write_file(&target, &data))
+                    .and_then(|_| xattr::set(&target, "user.iter", iter.to_string().as_bytes()))
+                    .map_err(|e| ("scratch, write, xattr", e))
             }
             2 if writer == 0 => {
                 let root = dir.parent().unwrap();
-                let _ = xattr::set(root, "user.genfs.snapshot.create", format!("s{iter}").as_bytes());
-                if iter > 3 {
-                    let _ =
-                        xattr::set(root, "user.genfs.snapshot.delete", format!("s{}", iter - 3).as_bytes());
+                let mut r = xattr::set(root, "user.genfs.snapshot.create", format!("s{iter}").as_bytes());
+                snapshots.push_back(iter);
+                if snapshots.len() > 3 && r.is_ok() {
+                    let oldest = snapshots.pop_front().unwrap_or(0);
+                    r = xattr::set(root, "user.genfs.snapshot.delete", format!("s{oldest}").as_bytes());
                 }
-                write_file(&target, &data).is_ok()
+                r.and_then(|_| write_file(&target, &data)).map_err(|e| ("snapshot", e))
             }
-            _ => write_file(&target, &data).is_ok(),
+            _ => write_file(&target, &data).map_err(|e| ("write", e)),
         };
-        assert!(ok, "writer {writer}: an operation failed");
+        if let Err((what, e)) = result {
+            panic!("writer {writer}, iteration {iter}: {what}: {e}");
+        }
         last[k as usize] = Some(iter);
     }
     for (k, it) in last.iter().enumerate() {
@@ -76,7 +84,11 @@ fn run_reader(dir: &Path, reader: u64, deadline: Instant) {
     let mut reads = 0u64;
     while Instant::now() < deadline {
         let p = file(dir, rng.below(WRITERS), rng.below(FILES_PER_WRITER));
-        let Ok(data) = std::fs::read(&p) else { continue };
+        let data = match std::fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("reader {reader}: {}: {e}", p.display()),
+        };
         if data.is_empty() {
             // A file just created and not yet closed by its writer.
             continue;

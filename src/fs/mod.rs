@@ -262,8 +262,20 @@ impl Core {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        mut node: NewNode,
+        node: NewNode,
     ) -> StoreResult<(Ino, FileAttr)> {
+        let (ino, inode) = self.make_inode(req, parent, name, node)?;
+        Ok((ino, self.entry_attr(ino, &inode, req.pid())?))
+    }
+
+    /// Creates the inode, owned by the caller (BSD group semantics in setgid directories).
+    fn make_inode(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mut node: NewNode,
+    ) -> StoreResult<(Ino, Inode)> {
         let parent = self.dir_ino(parent)?;
         Self::check_name(parent, name.as_bytes())?;
         let dir = self.store.inode(parent)?;
@@ -276,8 +288,7 @@ impl Core {
                 node.perm |= libc::S_ISGID as u16;
             }
         }
-        let (ino, inode) = self.store.create(parent, name.as_bytes(), &node)?;
-        Ok((ino, self.entry_attr(ino, &inode, req.pid())?))
+        self.store.create(parent, name.as_bytes(), &node)
     }
 
     /// Commits the shared draft behind a writable handle. `force`: commit even if the
@@ -364,7 +375,10 @@ impl Core {
             return Err(Errno::EISDIR);
         }
         if flags.acc_mode() == OpenAccMode::O_RDONLY {
-            let node = self.nodes.open_reader(nodeid).map_err(|Redirect| Errno::ESTALE)?;
+            let node = self.nodes.open_reader(nodeid).map_err(|Redirect| {
+                tracing::debug!("read-only open of node {nodeid:#x} by {} redirected", req.pid());
+                Errno::ESTALE
+            })?;
             let fh = self.handles.insert(Handle {
                 nodeid,
                 ino: node.ino,
@@ -373,7 +387,10 @@ impl Core {
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
         self.store.check_writable().map_err(|e| errno(&e))?;
-        let node = self.nodes.open_writer(nodeid, req.pid()).map_err(|Redirect| Errno::ESTALE)?;
+        let node = self.nodes.open_writer(nodeid, req.pid()).map_err(|Redirect| {
+            tracing::debug!("writable open of node {nodeid:#x} by {} redirected", req.pid());
+            Errno::ESTALE
+        })?;
         let joined = self.files.join(&self.store, node.ino);
         let (file, epoch) = match joined {
             Ok(j) => j,
@@ -970,11 +987,14 @@ impl Filesystem for GenFs {
             rdev: 0,
             target: vec![],
         };
-        let (ino, attr) = match c.make(req, parent, name, node) {
+        let (ino, inode) = match c.make_inode(req, parent, name, node) {
             Ok(made) => made,
             Err(e) => return reply.error(errno(&e)),
         };
-        match c.open_file(req, attr.ino.0, OpenFlags(flags)) {
+        // The creator writes it: a node of its own, which no lookup hands out (nodes.rs).
+        let nodeid = c.nodes.created(ino, Arc::new(crate::store::records::Manifest::empty()));
+        let attr = to_attr(nodeid, &inode, 0, inode.mtime);
+        match c.open_file(req, nodeid, OpenFlags(flags)) {
             Ok((fh, open_flags)) => {
                 reply.created(&CACHE_TTL, &attr, Generation(0), FileHandle(fh), open_flags)
             }

@@ -7,14 +7,15 @@
 //!
 //! Writers get nodes of their own. The kernel inode of a node is shared by everyone who opens
 //! it, and a writer moves that inode's i_size (direct-I/O writes, O_TRUNC), so a node never
-//! has readers and writers at once (fuse-mechanics §3.2):
-//! - a writable open of a node that has open readers fails with ESTALE, which makes the kernel
-//!   look the name up again and retry the open once. The retry's lookups come from the same
-//!   thread, and are answered with a node private to that writer, which no other lookup returns
-//!   (the readers' node leaves the lookup table too);
-//! - a node once opened for writing is *tainted*: it leaves the lookup table, and read-only
-//!   opens of it fail with ESTALE the same way, so readers get a fresh node. Its attributes
-//!   show the writers' draft.
+//! has readers and writers at once (fuse-mechanics §3.2). Nodes a lookup hands out are
+//! *public*; writers never use them:
+//! - a writable open of a public node (or of one with open readers) fails with ESTALE, which
+//!   makes the kernel look the name up again and retry the open once. The retry's lookups come
+//!   from the same thread, and are answered with a node private to that writer, which no other
+//!   lookup returns; a new file's node (from create) is private from the start;
+//! - a node once opened for writing is *tainted*: read-only opens of it (through a dentry the
+//!   writer's lookup left behind) fail with ESTALE the same way, and the retry's lookup gets a
+//!   public node, which no writer can have tainted meanwhile. Its attributes show the draft.
 //!
 //! Kernel contract: every entry reply adds one lookup; FORGET subtracts; a node is dropped
 //! when it has no lookups and no open handles.
@@ -57,7 +58,9 @@ struct Inner {
     nodes: HashMap<u64, Node>,
     /// The node a lookup of (file, generation) returns, while there is one.
     current: HashMap<(Ino, u64), u64>,
-    redirected: HashMap<(Ino, u64, u32), Redirected>,
+    /// Keyed by (file, thread), not generation: a rename-over renumbers generations between
+    /// the refused open and its retry.
+    redirected: HashMap<(Ino, u32), Redirected>,
     next: u64,
 }
 
@@ -80,17 +83,22 @@ impl Nodes {
         nodeid >= FILE_NODE_BASE
     }
 
+    /// A node for a file the caller just created and opens for writing: private at once.
+    pub fn created(&self, ino: Ino, manifest: Arc<Manifest>) -> u64 {
+        self.inner.lock().insert(ino, 0, manifest)
+    }
+
     /// The node a lookup of this generation by thread `tid` returns; counts one lookup.
     pub fn lookup(&self, ino: Ino, gen: u64, tid: u32, manifest: Arc<Manifest>) -> u64 {
         let mut inner = self.inner.lock();
         inner.redirected.retain(|_, r| r.since.elapsed() < REDIRECT_LIFETIME);
-        if let Some(r) = inner.redirected.get(&(ino, gen, tid)) {
+        if let Some(r) = inner.redirected.get(&(ino, tid)) {
             if let Some(id) = r.node.filter(|id| inner.nodes.contains_key(id)) {
                 inner.bump(id);
                 return id;
             }
             let id = inner.insert(ino, gen, manifest);
-            if let Some(r) = inner.redirected.get_mut(&(ino, gen, tid)) {
+            if let Some(r) = inner.redirected.get_mut(&(ino, tid)) {
                 r.node = Some(id);
             }
             return id;
@@ -132,19 +140,17 @@ impl Nodes {
         let mut inner = self.inner.lock();
         let node = inner.nodes.get(&nodeid).ok_or(Redirect)?;
         let (ino, gen, readers) = (node.file.ino, node.file.gen, node.readers);
-        let retry = inner.redirected.contains_key(&(ino, gen, tid));
-        if readers > 0 && !retry {
+        let public = inner.current.get(&(ino, gen)) == Some(&nodeid);
+        let retry = inner.redirected.contains_key(&(ino, tid));
+        if (public || readers > 0) && !node.file.tainted && !retry {
             let since = Instant::now();
-            inner.redirected.insert((ino, gen, tid), Redirected { node: None, since });
-            // Readers looking the name up meanwhile get a fresh node too.
-            if inner.current.get(&(ino, gen)) == Some(&nodeid) {
-                inner.current.remove(&(ino, gen));
-            }
+            inner.redirected.insert((ino, tid), Redirected { node: None, since });
             return Err(Redirect);
         }
-        // On the retry a reader may still have raced onto this node (the kernel shares a
-        // lookup in flight between threads and retries only once): the writer is let in,
-        // and the node keeps reporting its generation's attributes while readers remain.
+        // On the retry a reader may still have reached this node (the kernel shares a lookup
+        // in flight between threads and retries only once): the writer is let in, the node
+        // leaves the lookup table, and it reports its generation's attributes while readers
+        // remain.
         let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
         node.writers += 1;
         node.file.tainted = true;
@@ -152,7 +158,7 @@ impl Nodes {
         if inner.current.get(&(ino, gen)) == Some(&nodeid) {
             inner.current.remove(&(ino, gen));
         }
-        inner.redirected.remove(&(ino, gen, tid));
+        inner.redirected.remove(&(ino, tid));
         Ok(file)
     }
 
