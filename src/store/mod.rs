@@ -245,7 +245,8 @@ impl Store {
 
     /// What the store relies on from its filesystem, for the log at mount.
     pub fn features(&self) -> String {
-        let publish = if self.chunks.uses_hard_links() { "hard links" } else { "rename (no hard links here)" };
+        let publish =
+            if self.chunks.uses_hard_links() { "hard links" } else { "rename (no hard links here)" };
         format!(
             "chunks published by {publish}; durability by fdatasync and directory fsync;              O_TMPFILE, reflink and fallocate not needed"
         )
@@ -785,5 +786,3 @@ fn sync_tree(io: &dyn StoreIo, dir: &Path) -> StoreResult<()> {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod fault_tests;
