@@ -5,6 +5,7 @@ mod daemon;
 mod durability;
 mod full_disk;
 mod load;
+mod packaging;
 mod posix;
 mod tampering;
 mod util;

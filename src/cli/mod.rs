@@ -123,10 +123,27 @@ fn main_with(mut args: Vec<std::ffi::OsString>) -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("genfs: {e:#}");
+            eprintln!("genfs: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `context: cause: cause`, leaving out a cause whose text the line already holds (some
+/// errors repeat their source in their own message).
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// `genfs STORE MOUNTPOINT [-o OPTIONS]`: two leading arguments that are not subcommands.
@@ -152,6 +169,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => docs::write_man_pages(&dir).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chains_say_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::EAGAIN);
+        let e = anyhow::Error::new(io)
+            .context(format!("store x is in use: {}", std::io::Error::from_raw_os_error(libc::EAGAIN)));
+        let e = e.context("cannot open store x");
+        assert_eq!(
+            super::error_chain(&e),
+            "cannot open store x: store x is in use: Resource temporarily unavailable (os error 11)"
+        );
     }
 }
 

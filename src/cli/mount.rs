@@ -76,6 +76,8 @@ pub(super) struct Options {
     debug: bool,
     log: Option<LogTarget>,
     retention: Option<String>,
+    /// fstab's nofail: a store that does not exist is not an error.
+    nofail: bool,
     /// Unknown options ignored because of `-s`.
     ignored: Vec<String>,
 }
@@ -100,7 +102,6 @@ fn is_ignored(opt: &str) -> bool {
         "users",
         "owner",
         "group",
-        "nofail",
         "_netdev",
         "relatime",
         "norelatime",
@@ -136,6 +137,10 @@ pub(super) fn parse_options(raw: &[String], sloppy: bool) -> anyhow::Result<Opti
     for opt in raw.iter().flat_map(|o| split_options(o)) {
         let opt = opt.as_str();
         let m = match opt {
+            "nofail" => {
+                opts.nofail = true;
+                continue;
+            }
             o if is_ignored(o) => continue,
             "allow_other" => {
                 opts.acl = Acl::All;
@@ -215,11 +220,13 @@ impl Acl {
 }
 
 fn check_mountpoint(mnt: &Path) -> anyhow::Result<()> {
-    match std::fs::metadata(mnt) {
+    // stat may be answered from the kernel's attribute cache even on a dead FUSE mount;
+    // opening the directory is not.
+    match std::fs::metadata(mnt).and_then(|m| std::fs::read_dir(mnt).map(|_| m)) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => bail!("mount point {} is not a directory", mnt.display()),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
-            "mount point {} is a dead FUSE mount (its daemon is gone): run `umount {0}` first",
+            "mount point {} is a dead FUSE mount (its daemon is gone): run `genfs umount {0}` first",
             mnt.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -281,6 +288,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         eprintln!("genfs: ignoring unknown mount option `{o}` (sloppy mode)");
     }
     let store = strip_program(&args.store);
+    if opts.nofail && std::fs::symlink_metadata(&store).is_err() {
+        // fstab(5): "do not report errors for this device if it does not exist".
+        if args.verbose {
+            eprintln!("genfs: {} does not exist; not mounted (nofail)", store.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     check_mountpoint(&args.mountpoint)?;
     crate::store::config::StoreConfig::load(&store)
         .with_context(|| format!("cannot mount {}", store.display()))?;
@@ -321,7 +335,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
             let code = match daemon.serve() {
                 Ok(()) => 0,
                 Err(e) => {
-                    tracing::error!("{e:#}");
+                    tracing::error!("{}", super::error_chain(&e));
                     1
                 }
             };
@@ -455,7 +469,7 @@ impl Daemon {
         let session = match self.start(&registered) {
             Ok(s) => s,
             Err(e) => {
-                tell_parent(&self.ready, &format!("{e:#}"));
+                tell_parent(&self.ready, &super::error_chain(&e));
                 return Err(e);
             }
         };
@@ -540,9 +554,28 @@ impl Daemon {
                     reg.store(register_in_utab(&store_path, &mnt), Ordering::SeqCst);
                 }
                 tell_parent(&ready, "ready");
+                notify_systemd();
             })
             .context("cannot start readiness thread")?;
         Ok(session)
+    }
+}
+
+/// Tells systemd the service is ready (`Type=notify` units, e.g. genfs@.service), when
+/// NOTIFY_SOCKET is set.
+fn notify_systemd() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}");
     }
 }
 
