@@ -7,6 +7,7 @@ mod full_disk;
 mod load;
 mod packaging;
 mod posix;
+mod programs;
 mod tampering;
 mod util;
 mod versions;

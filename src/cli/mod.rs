@@ -172,21 +172,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn error_chains_say_each_cause_once() {
-        let io = std::io::Error::from_raw_os_error(libc::EAGAIN);
-        let e = anyhow::Error::new(io)
-            .context(format!("store x is in use: {}", std::io::Error::from_raw_os_error(libc::EAGAIN)));
-        let e = e.context("cannot open store x");
-        assert_eq!(
-            super::error_chain(&e),
-            "cannot open store x: store x is in use: Resource temporarily unavailable (os error 11)"
-        );
-    }
-}
-
 /// The clap definition of `genfs` (for man pages and completions).
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
@@ -198,6 +183,9 @@ fn mkfs(store: &std::path::Path, chunk_size: u64) -> anyhow::Result<ExitCode> {
     let owner = unsafe { (libc::geteuid(), libc::getegid()) };
     // A new store directory is private to its owner (0700): it holds every version of every
     // file. The parents are made as usual. An existing empty directory keeps its mode.
+    if crate::store::config::StoreConfig::new(chunk_size).is_err() {
+        bail!("--chunk-size {chunk_size}: must be a power of two between 4K and 64M");
+    }
     if !store.exists() {
         if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -222,5 +210,20 @@ fn mkfs(store: &std::path::Path, chunk_size: u64) -> anyhow::Result<ExitCode> {
             bail!("--chunk-size {chunk_size}: must be a power of two between 4K and 64M")
         }
         Err(e) => Err(e).with_context(|| format!("cannot create store {}", store.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chains_say_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(libc::EAGAIN);
+        let e = anyhow::Error::new(io)
+            .context(format!("store x is in use: {}", std::io::Error::from_raw_os_error(libc::EAGAIN)));
+        let e = e.context("cannot open store x");
+        assert_eq!(
+            super::error_chain(&e),
+            "cannot open store x: store x is in use: Resource temporarily unavailable (os error 11)"
+        );
     }
 }
