@@ -171,6 +171,10 @@ impl Journal {
         let tail = &segments[segments.len() - 1].path;
         let file = io.open_rw(tail).map_err(io_err(format!("open {}", tail.display())))?;
         let tail_offset = file.metadata().map_err(io_err(format!("stat {}", tail.display())))?.len();
+        // What was read may still be only in the page cache (the daemon was killed before it
+        // synced): make it durable before counting it as durable, or the checkpoint that
+        // follows replay would make the index durable ahead of the journal.
+        io.sync_data(&file).map_err(io_err(format!("fdatasync {}", tail.display())))?;
         let journal = Journal {
             dir: dir.to_path_buf(),
             io,
