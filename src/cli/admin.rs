@@ -242,7 +242,9 @@ fn gc_text(r: &GcReport, dry_run: bool) -> String {
 
 pub fn gc(dry_run: bool, at: &MountArg) -> anyhow::Result<()> {
     let m = at.locate()?;
+    let spinner = super::progress::Progress::start("applying the retention policy");
     m.set_root_attr(GC, if dry_run { "dry-run" } else { "run" }, "run gc", |_| None)?;
+    drop(spinner);
     let report = parse_gc_report(&m.root_attr(GC)?)
         .map_err(|e| anyhow!("{}: malformed {GC}: {e}", m.root.display()))?;
     emit(gc_text(&report, dry_run).as_bytes())

@@ -8,6 +8,7 @@ mod helper;
 mod history;
 mod logging;
 mod mount;
+mod progress;
 mod time;
 mod tree;
 mod umount;

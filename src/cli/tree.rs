@@ -3,6 +3,7 @@
 //! live path where it differs (each such write is a new generation; nothing is deleted).
 
 use super::history::{cause, file_spec, GenSpec, OnMount};
+use super::progress::Progress;
 use super::time::format_rfc3339;
 use super::versions::stream_compare;
 use anyhow::{anyhow, bail};
@@ -22,8 +23,27 @@ struct Tally {
     failed: u64,
 }
 
+thread_local! {
+    /// The spinner of the running `restore --tree` (lines are printed above it).
+    static PROGRESS: std::cell::RefCell<Option<Progress>> = const { std::cell::RefCell::new(None) };
+}
+
 fn progress(msg: std::fmt::Arguments) {
-    let _ = writeln!(io::stderr(), "{msg}");
+    PROGRESS.with(|p| match &*p.borrow() {
+        Some(p) => p.println(msg),
+        None => {
+            let _ = writeln!(io::stderr(), "{msg}");
+        }
+    });
+}
+
+/// Counts one file examined, on the spinner.
+fn tick() {
+    PROGRESS.with(|p| {
+        if let Some(p) = &*p.borrow() {
+            p.inc();
+        }
+    });
 }
 
 pub fn restore_tree(target: &OsString) -> anyhow::Result<()> {
@@ -53,7 +73,9 @@ pub fn restore_tree(target: &OsString) -> anyhow::Result<()> {
     }
     progress(format_args!("restoring {} as of {time} from {}", dir.display(), view.display()));
     let mut tally = Tally::default();
+    PROGRESS.with(|p| *p.borrow_mut() = Some(Progress::start(&format!("restoring {}", dir.display()))));
     walk(&view, &dir, &mut tally);
+    PROGRESS.with(|p| p.borrow_mut().take());
     progress(format_args!(
         "{}: {} rewritten, {} recreated, {} unchanged, {} skipped, {} failed",
         dir.display(),
@@ -120,6 +142,7 @@ fn walk(view: &Path, live: &Path, tally: &mut Tally) {
 }
 
 fn restore_file(view: &Path, meta: &Metadata, live: &Path, tally: &mut Tally) -> anyhow::Result<()> {
+    tick();
     let shown = live.display();
     match fs::symlink_metadata(live) {
         Ok(lm) if lm.is_file() => {

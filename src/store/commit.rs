@@ -43,7 +43,7 @@ impl Store {
         // gc must not unlink a chunk this commit links to (dedup) before the commit counts it.
         let _gc = self.chunk_gc.read();
         let dirs = self.seal_chunks(draft)?;
-        for dir in &dirs {
+        for dir in dirs.iter().filter(|_| !sabotage::skip_chunk_dir_fsync()) {
             self.io.sync_dir(dir).map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;
         }
         let chunks: std::collections::BTreeMap<u64, ChunkId> = draft
@@ -119,9 +119,11 @@ impl Store {
             return Ok(None);
         }
         let hash = *blake3::hash(&content).as_bytes();
-        self.io
-            .sync_data(&s.file)
-            .map_err(|e| StoreError::io(format!("fdatasync {}", s.path.display()), e))?;
+        if !sabotage::skip_data_fsync() {
+            self.io
+                .sync_data(&s.file)
+                .map_err(|e| StoreError::io(format!("fdatasync {}", s.path.display()), e))?;
+        }
         s.file
             .set_permissions(std::fs::Permissions::from_mode(0o444))
             .map_err(|e| StoreError::io(format!("chmod {}", s.path.display()), e))?;
@@ -129,5 +131,39 @@ impl Store {
         // from a concurrent commit whose directory fsync has not happened yet.
         self.chunks.publish(&s.path, &hash)?;
         Ok(Some(ChunkId { hash, len: s.len as u32 }))
+    }
+}
+
+/// Test-only sabotage of the commit protocol, to prove the crash simulator catches the bugs
+/// it exists for (`crash_tests::canary_*`). Thread-local: only commits made by the thread
+/// that turned a switch on are affected, so other tests running in parallel are not.
+#[cfg(test)]
+pub(crate) mod sabotage {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Skip the fsync of each chunk directory that gained an entry (step 2).
+        pub(crate) static SKIP_CHUNK_DIR_FSYNC: Cell<bool> = const { Cell::new(false) };
+        /// Skip the fdatasync of each chunk's data before it is linked (step 1).
+        pub(crate) static SKIP_DATA_FSYNC_BEFORE_JOURNAL: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(crate) fn skip_chunk_dir_fsync() -> bool {
+        SKIP_CHUNK_DIR_FSYNC.with(Cell::get)
+    }
+
+    pub(crate) fn skip_data_fsync() -> bool {
+        SKIP_DATA_FSYNC_BEFORE_JOURNAL.with(Cell::get)
+    }
+}
+
+#[cfg(not(test))]
+mod sabotage {
+    pub(crate) fn skip_chunk_dir_fsync() -> bool {
+        false
+    }
+
+    pub(crate) fn skip_data_fsync() -> bool {
+        false
     }
 }

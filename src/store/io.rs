@@ -83,19 +83,33 @@ impl StoreIo for RealIo {
 }
 
 /// Fault model: every call counts as one step; the call whose number equals `fail_at` (and,
-/// with `sticky`, every later one) fails with `errno` before doing anything. Writes never
-/// happen partially in this model. Crash simulation (losing unsynced data) is not covered here.
+/// with `sticky`, every later one) fails with `errno` before doing anything — except a
+/// `write_all_at` with [`FaultyIo::short_writes`] on: it writes the first half of its buffer,
+/// then fails (a short write). Crash simulation (losing unsynced data) is `crashsim.rs`.
 pub struct FaultyIo {
     inner: Arc<dyn StoreIo>,
     calls: AtomicU64,
     fail_at: AtomicU64,
     errno: i32,
     sticky: bool,
+    short_writes: std::sync::atomic::AtomicBool,
 }
 
 impl FaultyIo {
     pub fn new(inner: Arc<dyn StoreIo>, errno: i32, sticky: bool) -> Self {
-        FaultyIo { inner, calls: AtomicU64::new(0), fail_at: AtomicU64::new(u64::MAX), errno, sticky }
+        FaultyIo {
+            inner,
+            calls: AtomicU64::new(0),
+            fail_at: AtomicU64::new(u64::MAX),
+            errno,
+            sticky,
+            short_writes: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A failing `write_all_at` writes half of its buffer before it fails.
+    pub fn short_writes(&self, on: bool) {
+        self.short_writes.store(on, Ordering::SeqCst);
     }
 
     /// Arms the fault: the `n`th call from now (1-based) fails.
@@ -133,7 +147,12 @@ impl StoreIo for FaultyIo {
         self.inner.open_rw(path)
     }
     fn write_all_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.step()?;
+        if let Err(e) = self.step() {
+            if self.short_writes.load(Ordering::SeqCst) && buf.len() > 1 {
+                self.inner.write_all_at(file, &buf[..buf.len() / 2], offset)?;
+            }
+            return Err(e);
+        }
         self.inner.write_all_at(file, buf, offset)
     }
     fn set_len(&self, file: &File, len: u64) -> io::Result<()> {

@@ -339,6 +339,109 @@ impl Journal {
     }
 }
 
+/// What [`Journal::verify`] found on disk.
+#[derive(Debug, Clone, Default)]
+pub struct JournalCheck {
+    pub segments: usize,
+    pub records: usize,
+    pub checkpoint_seq: u64,
+    pub last_seq: u64,
+    pub problems: Vec<String>,
+}
+
+impl Journal {
+    /// fsck of the journal, read-only: every segment decodes completely, sequence numbers
+    /// follow each other (gaps only at or below the checkpoint, as `open` allows), the tail
+    /// ends where the next append goes, and the markers are sound. Appends wait meanwhile.
+    pub fn verify(&self) -> StoreResult<JournalCheck> {
+        let st = self.state.lock();
+        let mut check = JournalCheck { segments: st.segments.len(), ..JournalCheck::default() };
+        let problem = |c: &mut JournalCheck, p: String| c.problems.push(p);
+        check.checkpoint_seq = match read_marker(&self.dir.join(CHECKPOINT_FILE)) {
+            Ok(Some(seq)) => seq,
+            Ok(None) => {
+                problem(&mut check, "journal: the checkpoint marker is missing".into());
+                0
+            }
+            Err(e) => {
+                problem(&mut check, format!("journal: {e}"));
+                0
+            }
+        };
+        check.last_seq = st.next_seq - 1;
+        if check.checkpoint_seq > check.last_seq {
+            let p = format!(
+                "journal: checkpoint {} is past the last record {}",
+                check.checkpoint_seq, check.last_seq
+            );
+            problem(&mut check, p);
+        }
+        if !self.has_failed() && self.dir.join(VALID_THROUGH_FILE).exists() {
+            problem(&mut check, "journal: a failure marker is left while the journal works".into());
+        }
+        let on_disk: Vec<PathBuf> = list_segments(&self.dir)?.into_iter().map(|s| s.path).collect();
+        let listed: Vec<PathBuf> = st.segments.iter().map(|s| s.path.clone()).collect();
+        if on_disk != listed {
+            problem(&mut check, format!("journal: segments on disk {on_disk:?}, in use {listed:?}"));
+        }
+        let mut expected: Option<u64> = None;
+        for (i, seg) in st.segments.iter().enumerate() {
+            let buf = std::fs::read(&seg.path).map_err(io_err(format!("read {}", seg.path.display())))?;
+            let (records, valid) = decode_frames(&buf);
+            if valid != buf.len() {
+                let p = format!(
+                    "journal {}: {} bytes after the last valid record",
+                    seg.path.display(),
+                    buf.len() - valid
+                );
+                problem(&mut check, p);
+            }
+            if i + 1 == st.segments.len() && buf.len() as u64 != st.offset {
+                let p = format!(
+                    "journal {}: {} bytes on disk, appends at {}",
+                    seg.path.display(),
+                    buf.len(),
+                    st.offset
+                );
+                problem(&mut check, p);
+            }
+            if let Some((first, _)) = records.first() {
+                if first.seq < seg.start_seq {
+                    let p =
+                        format!("journal {}: first record {} below its name", seg.path.display(), first.seq);
+                    problem(&mut check, p);
+                }
+            }
+            for (r, _) in records {
+                let in_order = match expected {
+                    None => true,
+                    Some(e) => r.seq == e || (r.seq > e && r.seq <= check.checkpoint_seq + 1),
+                };
+                if !in_order {
+                    let p = format!(
+                        "journal {}: record {} follows {:?}",
+                        seg.path.display(),
+                        r.seq,
+                        expected.map(|e| e - 1)
+                    );
+                    problem(&mut check, p);
+                }
+                expected = Some(r.seq + 1);
+                check.records += 1;
+            }
+        }
+        if let Some(e) = expected {
+            // After a crash lost records the checkpoint covers, numbering resumes above it.
+            if e - 1 != check.last_seq && check.last_seq > check.checkpoint_seq {
+                let p =
+                    format!("journal: last record on disk {}, numbered through {}", e - 1, check.last_seq);
+                problem(&mut check, p);
+            }
+        }
+        Ok(check)
+    }
+}
+
 fn list_segments(dir: &Path) -> StoreResult<Vec<Segment>> {
     let mut segments = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;

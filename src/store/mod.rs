@@ -784,5 +784,12 @@ fn sync_tree(io: &dyn StoreIo, dir: &Path) -> StoreResult<()> {
     io.sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))
 }
 
+pub mod check;
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod crashsim;
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;
