@@ -375,7 +375,7 @@ impl Core {
             return Err(Errno::EISDIR);
         }
         if flags.acc_mode() == OpenAccMode::O_RDONLY {
-            let node = self.nodes.open_reader(nodeid).map_err(|Redirect| {
+            let node = self.nodes.open_reader(nodeid, req.pid()).map_err(|Redirect| {
                 tracing::debug!("read-only open of node {nodeid:#x} by {} redirected", req.pid());
                 Errno::ESTALE
             })?;

@@ -7,15 +7,17 @@
 //!
 //! Writers get nodes of their own. The kernel inode of a node is shared by everyone who opens
 //! it, and a writer moves that inode's i_size (direct-I/O writes, O_TRUNC), so a node never
-//! has readers and writers at once (fuse-mechanics §3.2). Nodes a lookup hands out are
-//! *public*; writers never use them:
-//! - a writable open of a public node (or of one with open readers) fails with ESTALE, which
-//!   makes the kernel look the name up again and retry the open once. The retry's lookups come
-//!   from the same thread, and are answered with a node private to that writer, which no other
-//!   lookup returns; a new file's node (from create) is private from the start;
-//! - a node once opened for writing is *tainted*: read-only opens of it (through a dentry the
-//!   writer's lookup left behind) fail with ESTALE the same way, and the retry's lookup gets a
-//!   public node, which no writer can have tainted meanwhile. Its attributes show the draft.
+//! has readers and writers at once (fuse-mechanics §3.2):
+//! - a writable open of a node that has open readers fails with ESTALE, which makes the kernel
+//!   look the name up again and retry the open once. The retry's lookups come from the same
+//!   thread, and are answered with a node private to that writer, which no other lookup
+//!   returns; a new file's node (from create) is private from the start;
+//! - a node once opened for writing is *tainted*: it leaves the lookup table, and read-only
+//!   opens of it fail with ESTALE the same way; the reader's retry lookups get a private node
+//!   too, so no writer can taint it between the reader's lookup and its open. A tainted node's
+//!   attributes show the writers' draft.
+//! A writer without readers keeps the node its lookup returned, so `fstat` of its descriptor
+//! and `stat` of the path agree on st_ino (vim and secure-open idioms compare them).
 //!
 //! Kernel contract: every entry reply adds one lookup; FORGET subtracts; a node is dropped
 //! when it has no lookups and no open handles.
@@ -126,31 +128,34 @@ impl Nodes {
         inner.drop_if_unused(nodeid);
     }
 
-    pub fn open_reader(&self, nodeid: u64) -> Result<FileNode, Redirect> {
+    pub fn open_reader(&self, nodeid: u64, tid: u32) -> Result<FileNode, Redirect> {
         let mut inner = self.inner.lock();
         let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
+        let ino = node.file.ino;
         if node.file.tainted {
+            // The retry's lookups get a private node, which no writer's lookup can reach.
+            inner.redirected.insert((ino, tid), Redirected { node: None, since: Instant::now() });
             return Err(Redirect);
         }
         node.readers += 1;
-        Ok(node.file.clone())
+        let file = node.file.clone();
+        inner.redirected.remove(&(ino, tid));
+        Ok(file)
     }
 
     pub fn open_writer(&self, nodeid: u64, tid: u32) -> Result<FileNode, Redirect> {
         let mut inner = self.inner.lock();
         let node = inner.nodes.get(&nodeid).ok_or(Redirect)?;
         let (ino, gen, readers) = (node.file.ino, node.file.gen, node.readers);
-        let public = inner.current.get(&(ino, gen)) == Some(&nodeid);
         let retry = inner.redirected.contains_key(&(ino, tid));
-        if (public || readers > 0) && !node.file.tainted && !retry {
+        if readers > 0 && !node.file.tainted && !retry {
             let since = Instant::now();
             inner.redirected.insert((ino, tid), Redirected { node: None, since });
             return Err(Redirect);
         }
         // On the retry a reader may still have reached this node (the kernel shares a lookup
-        // in flight between threads and retries only once): the writer is let in, the node
-        // leaves the lookup table, and it reports its generation's attributes while readers
-        // remain.
+        // in flight between threads and retries only once): the writer is let in, and the node
+        // reports its generation's attributes while readers remain.
         let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
         node.writers += 1;
         node.file.tainted = true;
