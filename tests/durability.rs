@@ -7,6 +7,7 @@ use crate::util::{seed, write_file, Mounted, Rng};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,9 +24,19 @@ fn payload(round: u64, i: u64, rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Tracked files get whole-file writes; other names get mkdir, rename, unlink and xattrs, so
-/// that the namespace changes too.
-fn workload(mnt: &Path, round: u64, mut rng: Rng, state: &Mutex<HashMap<String, Expect>>) -> u64 {
+/// that the namespace changes too. Runs until `killed` is set: the mount cannot tell us itself,
+/// since a dead mount still answers `stat` of names whose attributes the kernel has cached.
+fn workload(
+    mnt: &Path,
+    round: u64,
+    mut rng: Rng,
+    state: &Mutex<HashMap<String, Expect>>,
+    killed: &AtomicBool,
+) {
     for i in 0u64.. {
+        if killed.load(Ordering::SeqCst) {
+            return;
+        }
         let scratch = mnt.join(format!("scratch/s{}", rng.below(50)));
         let ok = match rng.below(6) {
             0 => std::fs::create_dir_all(mnt.join(format!("scratch/d{round}-{i}"))).is_ok(),
@@ -53,12 +64,12 @@ fn workload(mnt: &Path, round: u64, mut rng: Rng, state: &Mutex<HashMap<String, 
                 ok
             }
         };
-        // Errors other than the daemon's death (ENOTCONN) do not happen here.
-        if !ok && mnt.join("scratch").metadata().is_err() {
-            return i;
+        // Errors other than the daemon's death (ENOTCONN) do not happen here. Stop at the first
+        // one: another write to the same file would overwrite the record of the one in flight.
+        if !ok {
+            return;
         }
     }
-    unreachable!()
 }
 
 /// Fills the store with `files` empty files through the store API (the daemon is stopped).
@@ -95,9 +106,12 @@ fn acknowledged_closes_survive_kill_9() {
         let mnt = m.mnt.clone();
         let st = state.clone();
         let wrng = Rng::new(rng.next());
-        let writer = std::thread::spawn(move || workload(&mnt, round, wrng, &st));
+        let killed = Arc::new(AtomicBool::new(false));
+        let flag = killed.clone();
+        let writer = std::thread::spawn(move || workload(&mnt, round, wrng, &st, &flag));
         std::thread::sleep(Duration::from_millis(20 + rng.below(200)));
         m.kill9();
+        killed.store(true, Ordering::SeqCst);
         writer.join().unwrap();
         m.detach();
         let start = Instant::now();

@@ -96,7 +96,9 @@ impl ChunkStore {
             let _ = self.io.unlink(staged);
             return Ok(());
         }
-        self.io.rename(staged, target).map_err(|e| StoreError::io(format!("rename chunk {}", target.display()), e))
+        self.io
+            .rename(staged, target)
+            .map_err(|e| StoreError::io(format!("rename chunk {}", target.display()), e))
     }
 
     /// Whether this filesystem has hard links; `GENFS_NO_HARDLINKS=1` forces the fallback

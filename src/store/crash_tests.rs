@@ -936,19 +936,6 @@ fn check_window(run: &Run, rec: &Recovered, lower: usize, upper: usize) -> Resul
 /// Explores the crash states of one workload; about `budget` distinct states.
 fn explore(run: &Run, budget: usize) -> Stats {
     let trace = run.sim.trace();
-    if std::env::var_os("GENFS_CRASH_DEBUG").is_some() {
-        let sizes: Vec<usize> =
-            trace.images.iter().map(|i| i.files.iter().map(|f| f.1.len()).sum()).collect();
-        let names: Vec<String> = trace
-            .images
-            .last()
-            .unwrap()
-            .files
-            .iter()
-            .map(|f| format!("{}={}", f.0.display(), f.1.len()))
-            .collect();
-        eprintln!("images {sizes:?} {names:?}");
-    }
     let mut stats =
         Stats { workloads: 1, operations: run.op, events: trace.events.len(), ..Stats::default() };
     let scratch = scratch_dir();
@@ -1113,8 +1100,11 @@ fn check_state(
 
 struct Plan {
     seed: u64,
+    /// At least this many workloads and distinct crash states; with `exact`, exactly this
+    /// many workloads (reproducing a seed).
     workloads: usize,
     states: usize,
+    exact: bool,
     opts: Options,
     sabotage: Sabotage,
     /// Stop at the first workload with a violation (canaries).
@@ -1126,6 +1116,7 @@ fn explore_many(plan: &Plan) -> (Stats, Duration) {
     let started = Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
     let budget = plan.states.div_ceil(plan.workloads.max(1));
+    let most = if plan.exact { plan.workloads } else { plan.workloads * 20 };
     let next = AtomicUsize::new(0);
     let total = parking_lot::Mutex::new(Stats::default());
     std::thread::scope(|s| {
@@ -1133,13 +1124,13 @@ fn explore_many(plan: &Plan) -> (Stats, Duration) {
             s.spawn(|| loop {
                 {
                     let t = total.lock();
-                    let enough = t.workloads >= plan.workloads && t.states >= plan.states;
+                    let enough = t.workloads >= plan.workloads && (plan.exact || t.states >= plan.states);
                     if enough || (plan.stop_at_violation && !t.violations.is_empty()) {
                         return;
                     }
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= plan.workloads * 20 {
+                if i >= most {
                     return;
                 }
                 let seed = plan.seed.wrapping_add(i as u64);
@@ -1190,19 +1181,26 @@ fn assert_clean(name: &str, plan: &Plan, stats: &Stats) {
         }
         panic!(
             "{name}: {} crash-state violations; reproduce one workload with \
-             GENFS_TEST_SEED=<its seed> GENFS_CRASH_WORKLOADS=1 cargo test --release --lib crash_tests:: -- --nocapture",
+             GENFS_TEST_SEED=<its seed> GENFS_CRASH_WORKLOADS=1 cargo test --release --lib \
+             crash_tests::random -- --nocapture",
             stats.violations.len()
         );
     }
     assert!(stats.workloads >= plan.workloads, "{} workloads", stats.workloads);
-    assert!(stats.states >= plan.states, "{} crash states", stats.states);
+    assert!(plan.exact || stats.states >= plan.states, "{} crash states", stats.states);
 }
 
+/// The plan of the exploration tests; `GENFS_CRASH_WORKLOADS=N` runs exactly N workloads
+/// (from `GENFS_TEST_SEED` on), each explored more thoroughly.
 fn normal_plan(states: usize) -> Plan {
+    let exact = env_u64("GENFS_CRASH_WORKLOADS").map(|n| n as usize);
+    let workloads = exact.unwrap_or(20);
+    let states = if exact.is_some() { 2_000 * workloads } else { states };
     Plan {
         seed: base_seed(),
-        workloads: env_u64("GENFS_CRASH_WORKLOADS").map_or(20, |n| n as usize),
+        workloads,
         states: env_u64("GENFS_CRASH_STATES").map_or(states, |n| n as usize),
+        exact: exact.is_some(),
         opts: Options { ops: 60, sled_ahead: false, commit_heavy: false },
         sabotage: Sabotage::None,
         stop_at_violation: false,
@@ -1211,11 +1209,7 @@ fn normal_plan(states: usize) -> Plan {
 
 #[test]
 fn random_workloads_survive_every_simulated_crash() {
-    let mut plan = normal_plan(10_000);
-    if env_u64("GENFS_CRASH_WORKLOADS") == Some(1) {
-        // Reproducing one seed: explore that workload thoroughly.
-        plan.states = plan.states.min(2_000);
-    }
+    let plan = normal_plan(10_000);
     let (stats, elapsed) = explore_many(&plan);
     report("random workloads", &plan, &stats, elapsed);
     assert_clean("random workloads", &plan, &stats);
@@ -1339,7 +1333,9 @@ fn gc_never_unlinks_a_chunk_a_crash_can_bring_back() {
 #[ignore = "long: 100,000 crash states (GENFS_CRASH_STATES to change)"]
 fn crash_exploration_long() {
     let mut plan = normal_plan(100_000);
-    plan.workloads = plan.workloads.max(100);
+    if !plan.exact {
+        plan.workloads = 100;
+    }
     let (stats, elapsed) = explore_many(&plan);
     report("long exploration", &plan, &stats, elapsed);
     assert_clean("long exploration", &plan, &stats);
@@ -1350,6 +1346,7 @@ fn canary(sabotage: Sabotage) {
         seed: base_seed(),
         workloads: 8,
         states: 4_000,
+        exact: false,
         opts: Options { ops: 30, sled_ahead: false, commit_heavy: true },
         sabotage,
         stop_at_violation: true,
