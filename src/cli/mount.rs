@@ -487,11 +487,13 @@ impl Daemon {
         let store = Store::open(&self.store)
             .with_context(|| format!("cannot open store {}", self.store.display()))?;
         let report = store.recovery.clone();
-        if report.replayed_records > 0 || report.truncated_journal_bytes > 0 {
+        if report.replayed_records + report.skipped_records > 0 || report.truncated_journal_bytes > 0 {
             tracing::info!(
-                "recovered {}: replayed {} journal records, cut {} torn bytes, removed {} drafts",
+                "recovered {}: replayed {} journal records ({} more were in the index already), \
+                 cut {} torn bytes, removed {} drafts",
                 self.store.display(),
                 report.replayed_records,
+                report.skipped_records,
                 report.truncated_journal_bytes,
                 report.removed_staging_files
             );

@@ -4,10 +4,16 @@
 //! `i ino` inode · `d parent name` dirent · `c parent cookie` readdir order · `b ino parent name`
 //! names of an inode · `g ino gen` manifest · `r hash` chunk references and length ·
 //! `x ino name` xattr · `h parent len name seq` what a name pointed to from `seq` on (time
-//! travel) · `t secs` last sequence number of that second · `s name` snapshot.
+//! travel) · `t secs` last sequence number of that second · `s name` snapshot · `a seq` record
+//! `seq` is applied (kept until a checkpoint covers it).
 //!
 //! Records are applied in one sled transaction each. Applying is idempotent: every op writes a
 //! full image, and a generation's chunk references rise only when the generation is new.
+//!
+//! sled may write its files at any time (on its own, or when dropped), so the index can be on
+//! disk ahead of the journal. The `a seq` marks make that safe: replay skips a record the index
+//! already holds instead of writing its older images over newer ones, and the journal numbers
+//! new records above every mark (see `Store::open_with_io`).
 
 use super::error::{StoreError, StoreResult};
 use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Record, Timestamp};
@@ -87,6 +93,9 @@ fn time_key(t: Timestamp) -> Vec<u8> {
 fn snapshot_key(name: &[u8]) -> Vec<u8> {
     key(b's', &[name])
 }
+fn applied_key(seq: u64) -> Vec<u8> {
+    key(b'a', &[&seq.to_be_bytes()])
+}
 
 /// Chunk reference count and the chunk's length (for stored-bytes statistics).
 fn ref_value(count: u64, len: u32) -> [u8; 12] {
@@ -131,15 +140,32 @@ fn tx_abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
 }
 
 impl Index {
+    /// Opens the index; the caller holds the store's lock.
     pub fn open(path: &Path) -> StoreResult<Index> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 << 20)
-            // Write only when asked (checkpoints), so the index does not run ahead of the
-            // journal on its own schedule.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| sled_err(&format!("open {}", path.display()), e))?;
+        let open = || {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(64 << 20)
+                // Write only when asked (checkpoints), so the index does not run ahead of the
+                // journal on its own schedule.
+                .flush_every_ms(None)
+                .open()
+        };
+        // sled's background writes keep its lock file open briefly after a Db is dropped. The
+        // store's lock is ours, so a holder can only be this process's previous instance
+        // finishing its writes: wait for it, for a bounded time.
+        let mut attempts = 0;
+        let db = loop {
+            match open() {
+                Err(sled::Error::Io(e))
+                    if attempts < 100 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other.map_err(|e| sled_err(&format!("open {}", path.display()), e))?,
+            }
+        };
         let tree = db.open_tree("genfs").map_err(|e| sled_err("open tree", e))?;
         Ok(Index { db, tree })
     }
@@ -162,6 +188,7 @@ impl Index {
             if record.seq > prev {
                 tx.insert(tk, &record.seq.to_le_bytes())?;
             }
+            tx.insert(applied_key(record.seq), &[] as &[u8])?;
             Ok(())
         });
         match result {
@@ -169,6 +196,31 @@ impl Index {
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(sled_err("apply", e)),
         }
+    }
+
+    /// Whether record `seq` is in the index already (it was applied after the last checkpoint).
+    pub fn is_applied(&self, seq: u64) -> StoreResult<bool> {
+        self.tree.contains_key(applied_key(seq)).map_err(|e| sled_err("get", e))
+    }
+
+    /// The highest sequence number applied since the last checkpoint, if any.
+    pub fn last_applied(&self) -> StoreResult<Option<u64>> {
+        match self.tree.scan_prefix([b'a']).next_back() {
+            Some(Ok((k, _))) => Ok(Some(u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])))),
+            Some(Err(e)) => Err(sled_err("last applied", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops the marks of records at or below `seq`: call only once a durable checkpoint covers
+    /// them, since replay never goes back that far.
+    pub fn forget_applied_through(&self, seq: u64) -> StoreResult<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.tree.range(applied_key(0)..=applied_key(seq)) {
+            let (k, _) = item.map_err(|e| sled_err("scan marks", e))?;
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch).map_err(|e| sled_err("drop marks", e))
     }
 
     fn get(&self, key: &[u8]) -> StoreResult<Option<sled::IVec>> {

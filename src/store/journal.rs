@@ -298,6 +298,18 @@ impl Journal {
         self.state.lock().next_seq - 1
     }
 
+    /// Numbers new records above `seq`: the index holds records up to it that the journal lost
+    /// (in doubt after a failed sync, or never synced before a crash), and a number is never
+    /// given twice. The caller checkpoints at `seq` before appending, so that the gap this
+    /// leaves in the numbering is below the checkpoint, where replay allows gaps.
+    pub fn resume_above(&self, seq: u64) {
+        let mut st = self.state.lock();
+        if st.next_seq <= seq {
+            st.next_seq = seq + 1;
+            self.durable_seq.store(seq, Ordering::SeqCst);
+        }
+    }
+
     pub fn durable_seq(&self) -> u64 {
         self.durable_seq.load(Ordering::SeqCst)
     }

@@ -84,6 +84,8 @@ pub enum XattrMode {
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
     pub replayed_records: usize,
+    /// Journal records after the checkpoint that the index held already (sled wrote ahead).
+    pub skipped_records: usize,
     pub truncated_journal_bytes: u64,
     pub removed_staging_files: usize,
 }
@@ -198,9 +200,19 @@ impl Store {
         let removed_staging_files = clear_dir(&path.join("staging"))?;
         let index = Index::open(&path.join("index"))?;
         let (journal, replay) = Journal::open(&path.join("journal"), io.clone())?;
-        let replayed_records = replay.records.len();
+        // sled may have written records to disk before the journal made them durable: a record
+        // the index holds is skipped, never applied again over what came after it.
+        let mut replayed_records = 0;
         for record in &replay.records {
-            index.apply(record)?;
+            if !index.is_applied(record.seq)? {
+                index.apply(record)?;
+                replayed_records += 1;
+            }
+        }
+        let skipped_records = replay.records.len() - replayed_records;
+        let index_ahead = index.last_applied()?.filter(|&seq| seq > journal.last_seq());
+        if let Some(seq) = index_ahead {
+            journal.resume_above(seq);
         }
         if index.inode(ROOT_INO)?.is_none() {
             return Err(StoreError::Corrupted("the root directory is missing from the index".into()));
@@ -224,12 +236,13 @@ impl Store {
             index_failed: AtomicBool::new(false),
             recovery: RecoveryReport {
                 replayed_records,
+                skipped_records,
                 truncated_journal_bytes: replay.truncated_bytes,
                 removed_staging_files,
             },
             _lock_file: lock_file,
         };
-        if replayed_records > 0 {
+        if replayed_records > 0 || index_ahead.is_some() {
             store.checkpoint()?;
         }
         Ok(store)
@@ -274,11 +287,16 @@ impl Store {
     fn apply(&self, record: &Record) -> StoreResult<()> {
         let result = self.index.apply(record);
         self.journal.applied(record.seq);
-        if let Err(e) = &result {
-            self.index_failed.store(true, Ordering::SeqCst);
-            tracing::error!("index update failed, store is now read-only: {e}");
-        }
-        result
+        result.map_err(|e| self.index_failure(e))
+    }
+
+    /// Latches a failed index update or flush: the store turns read-only until remount, which
+    /// rebuilds the index from its files and the journal (a failed fsync is never retried into
+    /// a success that lost pages).
+    fn index_failure(&self, e: StoreError) -> StoreError {
+        self.index_failed.store(true, Ordering::SeqCst);
+        tracing::error!("index update failed, store is now read-only: {e}");
+        e
     }
 
     /// Appends and applies a namespace record (durable at the next sync).
@@ -306,11 +324,14 @@ impl Store {
         let watermark = self.journal.applied_watermark();
         // The index must never be durable ahead of the journal it is replayed from.
         self.journal.sync_to(watermark)?;
-        self.index.flush()?;
-        sync_tree(self.io.as_ref(), &self.root.join("index"))?;
+        self.index
+            .flush()
+            .and_then(|_| sync_tree(self.io.as_ref(), &self.root.join("index")))
+            .map_err(|e| self.index_failure(e))?;
         self.journal.checkpoint(watermark)?;
         self.checkpointed_seq.store(watermark, Ordering::SeqCst);
-        Ok(())
+        // Replay starts above the watermark now: the marks below it are not needed any more.
+        self.index.forget_applied_through(watermark).map_err(|e| self.index_failure(e))
     }
 
     /// Whether enough records piled up since the last checkpoint that recovery (which replays

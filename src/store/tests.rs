@@ -592,10 +592,11 @@ fn copy_of_an_open_store_after_sync_recovers_everything() {
     let orphan = populate(&store);
     let expected = describe(&store);
     let image = tmp.path().join("image");
-    // The journal tail after the checkpoint is replayed over an index that already has it.
+    // The journal tail after the checkpoint meets an index that may hold some of it already.
     crash_image(&store, &image);
     let recovered = Store::open(&image).unwrap();
-    assert!(recovered.recovery.replayed_records > 0, "{:?}", recovered.recovery);
+    let r = &recovered.recovery;
+    assert!(r.replayed_records + r.skipped_records > 0, "{r:?}");
     assert_eq!(describe(&recovered), expected);
     assert_populated(&recovered, orphan);
     // Recovery checkpointed: the next open has nothing to replay.
@@ -622,8 +623,6 @@ fn open_removes_abandoned_staging_files() {
 }
 
 #[test]
-#[ignore = "BUG: sled may persist namespace ops before their journal record is durable; \
-            after a crash the namespace is not a prefix of the history"]
 fn namespace_after_a_crash_is_a_prefix_even_if_sled_wrote_ahead() {
     let (tmp, path, store) = new_store(CS);
     create_file(&store, ROOT_INO, "a");
@@ -635,15 +634,24 @@ fn namespace_after_a_crash_is_a_prefix_even_if_sled_wrote_ahead() {
     mkdir(&store, ROOT_INO, "d");
     // sled writes its state out by itself (every 500 ms by default, and when buffers fill).
     store.index.flush().unwrap();
+    let ahead = describe(&store);
     let image = tmp.path().join("image");
     copy_dir(&path, &image);
     // The crash loses the journal tail that was never synced.
     let image_segment = image.join("journal").join(segment.file_name().unwrap());
     File::options().write(true).open(image_segment).unwrap().set_len(durable_len).unwrap();
     let recovered = Store::open(&image).unwrap();
-    assert_eq!(names(&recovered, ROOT_INO), ["a"]);
+    // Either prefix is allowed: the durable one, or the one sled wrote ahead (this one).
+    assert_ne!(describe(&recovered), durable);
+    assert_eq!(names(&recovered, ROOT_INO), ["a", "b", "d"]);
     assert_consistent(&recovered);
-    assert_eq!(describe(&recovered), durable);
+    assert_eq!(describe(&recovered), ahead);
+    // Numbering resumed above what the index holds: a new change survives another reopen.
+    create_file(&recovered, ROOT_INO, "e");
+    drop(recovered);
+    let reopened = Store::open(&image).unwrap();
+    assert_eq!(names(&reopened, ROOT_INO), ["a", "b", "d", "e"]);
+    assert_consistent(&reopened);
 }
 
 #[test]
@@ -893,16 +901,23 @@ fn concurrent_commits_and_namespace_ops_survive_reopen() {
     let (_tmp, path, store) = new_store(CS);
     const THREADS: u64 = 6;
     const ROUNDS: u64 = 12;
+    // Each write to `shared` is a draft of its own, and a draft commits whole (the daemon gives
+    // all writers of a file one draft): those drafts take turns, so that none starts from a
+    // generation another is replacing. Commits of different files and namespace changes race.
+    let shared_turn = Mutex::new(());
     std::thread::scope(|s| {
         for t in 0..THREADS {
             let store = &store;
+            let shared_turn = &shared_turn;
             s.spawn(move || {
                 let dir = mkdir(store, ROOT_INO, &format!("t{t}"));
                 let shared = lookup_or_create(store, "shared");
                 let own = create_file(store, dir, "own");
                 for i in 0..ROUNDS {
                     write_and_commit(store, own, 0, &pattern(t * 100 + i, (i * 1000) as usize));
+                    let turn = shared_turn.lock();
                     write_and_commit(store, shared, t * CS, &pattern(t, 100));
+                    drop(turn);
                     create_file(store, dir, &format!("n{i}"));
                 }
             });

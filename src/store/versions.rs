@@ -471,9 +471,12 @@ impl Store {
         if dry_run || garbage.is_empty() {
             return Ok((garbage.len() as u64, bytes));
         }
+        // The records that dropped these chunks' last references must be durable before the
+        // chunks go: otherwise a crash brings back generations whose data is gone.
+        self.sync()?;
         for (hash, _) in &garbage {
             let path = self.chunks.path(hash);
-            match std::fs::remove_file(&path) {
+            match self.io.unlink(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StoreError::io(format!("remove chunk {}", path.display()), e)),
