@@ -158,6 +158,14 @@ impl Mounted {
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.daemon.take() {
             let _ = child.kill();
+            // A killed daemon can fail to exit for good: a commit worker sending inval_entry
+            // waits, uninterruptibly, for a directory's lock held by a request that only the
+            // dead daemon could answer, and keeps /dev/fuse open. Abort the connection then,
+            // as an administrator would.
+            if !wait_until(Duration::from_secs(2), || matches!(child.try_wait(), Ok(Some(_)))) {
+                eprintln!("daemon stuck after SIGKILL: aborting its FUSE connection");
+                abort_connection(&self.mnt);
+            }
             let _ = child.wait();
         }
     }
@@ -199,6 +207,29 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// Aborts the FUSE connection of the mount at `mnt` through fusectl (mounted for the purpose
+/// if it is not, and unmounted again).
+fn abort_connection(mnt: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let mnt = mnt.to_string_lossy();
+    let device = info.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        (fields.get(4) == Some(&&*mnt)).then(|| fields[2].to_string())
+    });
+    let Some(minor) = device.as_deref().and_then(|d| d.split(':').nth(1)) else { return };
+    let connections = Path::new("/sys/fs/fuse/connections");
+    let mounted_here = std::fs::read_dir(connections).is_ok_and(|mut d| d.next().is_none())
+        && Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(connections)
+            .status()
+            .is_ok_and(|s| s.success());
+    let _ = std::fs::write(connections.join(minor).join("abort"), "1");
+    if mounted_here {
+        let _ = Command::new("umount").arg(connections).status();
     }
 }
 
