@@ -15,11 +15,7 @@
 //! - a node once opened for writing is *tainted*: it leaves the lookup table, and read-only
 //!   opens of it fail with ESTALE the same way; the reader's retry lookups get a private node
 //!   too, so no writer can taint it between the reader's lookup and its open. A tainted node's
-//!   attributes show the writers' draft;
-//! - while a refused reader of a file is retrying, writable opens of that file are refused
-//!   too: the kernel may merge the reader's retry lookup with a writer's, and a writer let
-//!   onto the node they share would taint it and refuse the reader a second time, which the
-//!   kernel does not retry (the reader would get ESTALE).
+//!   attributes show the writers' draft.
 //!
 //! A writer without readers keeps the node its lookup returned, so `fstat` of its descriptor
 //! and `stat` of the path agree on st_ino (vim and secure-open idioms compare them).
@@ -55,8 +51,6 @@ struct Node {
 struct Redirected {
     node: Option<u64>,
     since: Instant,
-    /// A refused reader (rather than writer).
-    reader: bool,
 }
 
 /// The kernel retries at once; anything older is stale.
@@ -141,8 +135,7 @@ impl Nodes {
         let ino = node.file.ino;
         if node.file.tainted {
             // The retry's lookups get a private node, which no writer's lookup can reach.
-            let since = Instant::now();
-            inner.redirected.insert((ino, tid), Redirected { node: None, since, reader: true });
+            inner.redirected.insert((ino, tid), Redirected { node: None, since: Instant::now() });
             return Err(Redirect);
         }
         node.readers += 1;
@@ -156,13 +149,9 @@ impl Nodes {
         let node = inner.nodes.get(&nodeid).ok_or(Redirect)?;
         let (ino, gen, readers) = (node.file.ino, node.file.gen, node.readers);
         let retry = inner.redirected.contains_key(&(ino, tid));
-        // A refused reader's retry lookup may have been merged by the kernel with this writer's
-        // lookup: tainting the node now would refuse the reader a second time, and the kernel
-        // retries only once (ESTALE would reach the reader). Send the writer round instead.
-        let reader_retrying = inner.redirected.iter().any(|(&(i, t), r)| i == ino && t != tid && r.reader);
-        if (readers > 0 && !node.file.tainted || reader_retrying) && !retry {
+        if readers > 0 && !node.file.tainted && !retry {
             let since = Instant::now();
-            inner.redirected.insert((ino, tid), Redirected { node: None, since, reader: false });
+            inner.redirected.insert((ino, tid), Redirected { node: None, since });
             return Err(Redirect);
         }
         // On the retry a reader may still have reached this node (the kernel shares a lookup
