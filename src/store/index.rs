@@ -205,9 +205,16 @@ impl Index {
 
     /// The highest sequence number applied since the last checkpoint, if any.
     pub fn last_applied(&self) -> StoreResult<Option<u64>> {
-        match self.tree.scan_prefix([b'a']).next_back() {
-            Some(Ok((k, _))) => Ok(Some(u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])))),
-            Some(Err(e)) => Err(sled_err("last applied", e)),
+        self.highest_number(b'a', "last applied")
+    }
+
+    /// The number after `prefix` in the last key under it (keys `prefix u64-be …`).
+    fn highest_number(&self, prefix: u8, what: &str) -> StoreResult<Option<u64>> {
+        match self.tree.scan_prefix([prefix]).next_back() {
+            Some(Ok((k, _))) => {
+                Ok(Some(k.get(1..9).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)))
+            }
+            Some(Err(e)) => Err(sled_err(what, e)),
             None => Ok(None),
         }
     }
@@ -403,11 +410,7 @@ impl Index {
 
     /// The next inode number to hand out: above every number ever used.
     pub fn next_ino(&self) -> StoreResult<Ino> {
-        let highest = match self.tree.scan_prefix([b'i']).next_back() {
-            Some(Ok((k, _))) => u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8])),
-            Some(Err(e)) => return Err(sled_err("max ino", e)),
-            None => 0,
-        };
+        let highest = self.highest_number(b'i', "max ino")?.unwrap_or(0);
         let recorded = self.get(NEXT_INO_KEY)?.map(|v| read_u64(&v)).unwrap_or(0);
         Ok(recorded.max(highest + 1))
     }

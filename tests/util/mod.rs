@@ -43,9 +43,17 @@ impl Rng {
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    mount_device(mnt).is_some()
+}
+
+/// The device (`major:minor`, field 3 of /proc/self/mountinfo) of the mount at `mnt`.
+fn mount_device(mnt: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mnt = mnt.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(&*mnt))
+    info.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        (fields.get(4) == Some(&&*mnt)).then(|| fields[2].to_string())
+    })
 }
 
 fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -213,12 +221,7 @@ impl Drop for Mounted {
 /// Aborts the FUSE connection of the mount at `mnt` through fusectl (mounted for the purpose
 /// if it is not, and unmounted again).
 fn abort_connection(mnt: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
-    let mnt = mnt.to_string_lossy();
-    let device = info.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        (fields.get(4) == Some(&&*mnt)).then(|| fields[2].to_string())
-    });
+    let device = mount_device(mnt);
     let Some(minor) = device.as_deref().and_then(|d| d.split(':').nth(1)) else { return };
     let connections = Path::new("/sys/fs/fuse/connections");
     let mounted_here = std::fs::read_dir(connections).is_ok_and(|mut d| d.next().is_none())
