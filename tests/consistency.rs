@@ -122,6 +122,47 @@ fn readers_see_whole_generations_only() {
     eprintln!("g3: {} whole-file reads checked", reads.load(Ordering::Relaxed));
 }
 
+/// G3: a child that inherits a half-written descriptor (fork, then exec closes it; or exits)
+/// commits nothing; the writer's own close commits the whole file, a child's writes commit at
+/// the child's close.
+#[test]
+fn an_inherited_descriptor_closed_by_a_child_commits_nothing() {
+    use std::os::fd::AsRawFd;
+    let m = Mounted::new("inherit");
+    let path = m.path("half.txt");
+    std::fs::write(&path, b"old").unwrap();
+    let generation = || xattr::get(&path, "user.genfs.generation").unwrap().unwrap();
+    let before = generation();
+    let mut f = OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+    f.write_all(b"first half, ").unwrap();
+    // std opens with O_CLOEXEC: the child's exec closes its copy (a FLUSH from the child).
+    assert!(Command::new("true").status().unwrap().success());
+    // SAFETY: the child only calls _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: leaves the child at once; its exit closes the inherited descriptor.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(std::fs::read(&path).unwrap(), b"old", "a child's close committed a half-written file");
+    assert_eq!(generation(), before);
+    f.write_all(b"second half").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(&path).unwrap(), b"first half, second half");
+
+    // A child that writes through the inherited descriptor commits at its own close.
+    let f = OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+    let fd = f.as_raw_fd();
+    // SAFETY: clears close-on-exec of a descriptor this test owns.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let (ok, _) = sh(&format!("printf child >&{fd}"));
+    assert!(ok);
+    drop(f);
+    assert_eq!(std::fs::read(&path).unwrap(), b"child");
+}
+
 const LOCK_HELPER_ENV: &str = "GENFS_LOCK_HELPER";
 
 /// Not a test on its own: the body of the second process of `writers_take_turns_under_fcntl_locks`.

@@ -27,14 +27,72 @@ pub struct Writer {
     pub file: Arc<OpenFile>,
     pub epoch: u64,
     pub append: bool,
-    /// Changed through this handle since its last commit.
-    pub dirty: AtomicBool,
+    /// Who changed the draft through this handle since its last commit.
+    pub changers: Mutex<Changers>,
     /// The only change since the last commit is the O_TRUNC of this handle's open.
     pub only_truncated: AtomicBool,
     /// The empty generation such a change committed: this handle's next commit replaces it.
     pub superseded: Mutex<Option<u64>>,
     /// Thread that opened it: an O_TRUNC arrives later as a handle-less SETATTR from it.
     pub opener_tid: u32,
+}
+
+/// Who changed a draft through one handle since its last commit. A close commits only for one
+/// of them: a process that merely inherited the descriptor (a fork whose exec closes it) must
+/// not commit a file another process is halfway through writing.
+#[derive(Default)]
+pub struct Changers {
+    /// File tables (FUSE lock owners) whose write(2)s reached the draft.
+    owners: Vec<u64>,
+    /// Threads that truncated or allocated: SETATTR and FALLOCATE name no lock owner.
+    threads: Vec<u32>,
+    /// Mapped pages written back: the kernel names no owner, so any close commits them.
+    unattributed: bool,
+}
+
+impl Changers {
+    pub fn any(&self) -> bool {
+        self.unattributed || !self.owners.is_empty() || !self.threads.is_empty()
+    }
+
+    pub fn wrote(&mut self, owner: Option<u64>) {
+        match owner {
+            Some(o) if !self.owners.contains(&o) => self.owners.push(o),
+            Some(_) => {}
+            None => self.unattributed = true,
+        }
+    }
+
+    pub fn changed_by(&mut self, tid: u32) {
+        if !self.threads.contains(&tid) {
+            self.threads.push(tid);
+        }
+    }
+
+    /// Whether a close by lock owner `owner` on thread `tid` is a changer's own close.
+    pub fn include(&self, owner: u64, tid: u32) -> bool {
+        self.unattributed
+            || self.owners.contains(&owner)
+            || self.threads.iter().any(|&t| t == tid || same_process(t, tid))
+    }
+
+    pub fn clear(&mut self) {
+        *self = Changers::default();
+    }
+}
+
+/// Whether two threads belong to one process. When either is gone it cannot be told, and the
+/// answer is yes: a commit too many is harmless, a close that commits nothing is not.
+fn same_process(a: u32, b: u32) -> bool {
+    match (thread_group(a), thread_group(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
+fn thread_group(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
 }
 
 pub enum HandleKind {

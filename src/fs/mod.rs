@@ -181,7 +181,7 @@ impl Core {
         }
         let node = self.nodes.get(nodeid).ok_or(StoreError::Stale)?;
         let inode = self.store.inode(node.ino)?;
-        if node.tainted && !self.nodes.has_readers(nodeid) {
+        if node.tainted {
             if let Some(file) = self.files.get(node.ino) {
                 let slot = file.slot.lock();
                 if !slot.draft.dirty {
@@ -301,7 +301,12 @@ impl Core {
         if slot.epoch != w.epoch || slot.draft.failed {
             return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
         }
-        let changed = w.dirty.swap(false, Ordering::SeqCst);
+        let changed = {
+            let mut changers = w.changers.lock();
+            let any = changers.any();
+            changers.clear();
+            any
+        };
         if !(changed || force) || !slot.draft.dirty {
             return if force { self.store.sync() } else { Ok(()) };
         }
@@ -338,7 +343,8 @@ impl Core {
         Ok(())
     }
 
-    fn write_handle(&self, fh: u64, offset: u64, data: &[u8]) -> StoreResult<u32> {
+    /// A write(2) of lock owner `owner` (none: mapped pages written back).
+    fn write_handle(&self, fh: u64, offset: u64, data: &[u8], owner: Option<u64>) -> StoreResult<u32> {
         let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
         let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
         self.store.check_writable()?;
@@ -349,7 +355,7 @@ impl Core {
         let offset = if w.append { slot.draft.size } else { offset };
         self.store.ensure_space(data.len() as u64)?;
         slot.draft.write(offset, data, self.store.chunks())?;
-        w.dirty.store(true, Ordering::SeqCst);
+        w.changers.lock().wrote(owner);
         w.only_truncated.store(false, Ordering::SeqCst);
         Ok(data.len() as u32)
     }
@@ -403,7 +409,7 @@ impl Core {
             file,
             epoch,
             append: flags.0 & libc::O_APPEND != 0,
-            dirty: AtomicBool::new(false),
+            changers: Default::default(),
             only_truncated: AtomicBool::new(false),
             superseded: parking_lot::Mutex::new(None),
             opener_tid: req.pid(),
@@ -616,7 +622,8 @@ impl Filesystem for GenFs {
         if let Some(handle) = writer {
             // With a handle it is ftruncate; without, the O_TRUNC of the caller's own open. Either
             // way it changes the draft, and the handle's next close commits it.
-            let result = truncate_draft(c, &handle, size, fh.is_none()).and_then(|_| c.node_attr(nodeid.0));
+            let result =
+                truncate_draft(c, &handle, size, fh.is_none(), req.pid()).and_then(|_| c.node_attr(nodeid.0));
             return match result {
                 Ok(attr) => reply.attr(&CACHE_TTL, &attr),
                 Err(e) => reply.error(errno(&e)),
@@ -773,23 +780,25 @@ impl Filesystem for GenFs {
         data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.write_handle(fh.0, offset, data) {
+        match self.core.write_handle(fh.0, offset, data, lock_owner.map(|o| o.0)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let Some(handle) = self.core.handles.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
         // close() drops the closing process's record locks on the file.
         self.core.locks.release_owner(handle.ino, lock_owner.0);
-        let dirty = handle.writer().is_some_and(|w| w.dirty.load(Ordering::SeqCst));
-        if !dirty {
+        // Only a changer's close commits (handles.rs, Changers); the rest wait for it, or for
+        // the release of the last descriptor.
+        let commits = handle.writer().is_some_and(|w| w.changers.lock().include(lock_owner.0, req.pid()));
+        if !commits {
             return reply.ok();
         }
         self.submit(move |c| reply_empty(reply, c.commit_handle(&handle, false)));
@@ -1051,7 +1060,7 @@ impl Filesystem for GenFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1070,7 +1079,7 @@ impl Filesystem for GenFs {
             let mut slot = w.file.slot.lock();
             if end > slot.draft.size {
                 slot.draft.truncate(end, c.store.chunks())?;
-                w.dirty.store(true, Ordering::SeqCst);
+                w.changers.lock().changed_by(req.pid());
                 w.only_truncated.store(false, Ordering::SeqCst);
             }
             Ok(())
@@ -1080,7 +1089,7 @@ impl Filesystem for GenFs {
 }
 
 /// Truncates the shared draft: ftruncate, or (`at_open`) the O_TRUNC of an open.
-fn truncate_draft(c: &Core, handle: &Handle, size: u64, at_open: bool) -> StoreResult<()> {
+fn truncate_draft(c: &Core, handle: &Handle, size: u64, at_open: bool, tid: u32) -> StoreResult<()> {
     let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
     c.store.check_writable()?;
     let mut slot = w.file.slot.lock();
@@ -1095,7 +1104,7 @@ fn truncate_draft(c: &Core, handle: &Handle, size: u64, at_open: bool) -> StoreR
         return Ok(());
     }
     slot.draft.truncate(size, c.store.chunks())?;
-    w.dirty.store(true, Ordering::SeqCst);
+    w.changers.lock().changed_by(tid);
     w.only_truncated.store(at_open, Ordering::SeqCst);
     Ok(())
 }

@@ -5,17 +5,20 @@
 //! [`FILE_NODE_BASE`]: a generation's bytes never change, so its cached pages stay valid
 //! (`FOPEN_KEEP_CACHE`) and a lookup after a commit gets a fresh node.
 //!
-//! Writers get nodes of their own. The kernel inode of a node is shared by everyone who opens
-//! it, and a writer moves that inode's i_size (direct-I/O writes, O_TRUNC), so a node never
-//! has readers and writers at once (fuse-mechanics §3.2):
-//! - a writable open of a node that has open readers fails with ESTALE, which makes the kernel
-//!   look the name up again and retry the open once. The retry's lookups come from the same
-//!   thread, and are answered with a node private to that writer, which no other lookup
-//!   returns; a new file's node (from create) is private from the start;
-//! - a node once opened for writing is *tainted*: it leaves the lookup table, and read-only
-//!   opens of it fail with ESTALE the same way; the reader's retry lookups get a private node
-//!   too, so no writer can taint it between the reader's lookup and its open. A tainted node's
-//!   attributes show the writers' draft.
+//! Readers and writers never share a node. The kernel inode of a node is shared by everyone
+//! who opens it, and a writer moves that inode's i_size (direct-I/O writes, O_TRUNC), which a
+//! reader of the same inode would see (fuse-mechanics §3.2). An open that would mix them fails
+//! with ESTALE; the kernel then walks the path again with `LOOKUP_REVAL` and retries once:
+//! - a writable open of a node that has readers, or of a node reserved for a reader, is refused;
+//! - a node once opened for writing is *tainted*: it leaves the lookup table and refuses
+//!   read-only opens; its attributes show the writers' draft;
+//! - the refused thread's lookups of that file then return a node reserved for its role, made
+//!   for it and in no lookup table: a writer's is tainted from birth, a reader's refuses writers
+//!   for life. Another thread can still reach it through the dentry, but only in a role it
+//!   accepts, so it stays good for the retry. The retry always reaches it: under
+//!   `LOOKUP_REVAL` the kernel revalidates every dentry the walk meets by asking us, even one
+//!   another thread's lookup filled in, and takes a dentry only when our answer names its node.
+//!   A new file's node comes straight from create, opened by its creator.
 //!
 //! A writer without readers keeps the node its lookup returned, so `fstat` of its descriptor
 //! and `stat` of the path agree on st_ino (vim and secure-open idioms compare them).
@@ -44,17 +47,27 @@ struct Node {
     lookups: u64,
     readers: u32,
     writers: u32,
+    /// Made for a refused reader's retry: refuses writers.
+    readers_only: bool,
 }
 
-/// A writer sent back to look the name up again: its thread's lookups of that generation get
-/// `node` (made on the first of them) until it opens it or the redirect expires.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Reader,
+    Writer,
+}
+
+/// A thread refused an open and sent back to look the name up again: its lookups of that file
+/// get `node`, reserved for `role` (made on the first of them), until it opens it.
 struct Redirected {
+    role: Role,
     node: Option<u64>,
     since: Instant,
 }
 
-/// The kernel retries at once; anything older is stale.
-const REDIRECT_LIFETIME: Duration = Duration::from_secs(2);
+/// The kernel retries at once. A redirect left over (the retry failed for another reason)
+/// costs that thread at most one more refusal, so expiry only bounds the table.
+const REDIRECT_LIFETIME: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Inner {
@@ -96,11 +109,18 @@ impl Nodes {
         let mut inner = self.inner.lock();
         inner.redirected.retain(|_, r| r.since.elapsed() < REDIRECT_LIFETIME);
         if let Some(r) = inner.redirected.get(&(ino, tid)) {
-            if let Some(id) = r.node.filter(|id| inner.nodes.contains_key(id)) {
+            let role = r.role;
+            // Only a node of the generation asked for: a commit in between makes a new one.
+            let reserved = r.node.filter(|id| inner.nodes.get(id).is_some_and(|n| n.file.gen == gen));
+            if let Some(id) = reserved {
                 inner.bump(id);
                 return id;
             }
             let id = inner.insert(ino, gen, manifest);
+            if let Some(node) = inner.nodes.get_mut(&id) {
+                node.file.tainted = role == Role::Writer;
+                node.readers_only = role == Role::Reader;
+            }
             if let Some(r) = inner.redirected.get_mut(&(ino, tid)) {
                 r.node = Some(id);
             }
@@ -134,9 +154,7 @@ impl Nodes {
         let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
         let ino = node.file.ino;
         if node.file.tainted {
-            // The retry's lookups get a private node, which no writer's lookup can reach.
-            inner.redirected.insert((ino, tid), Redirected { node: None, since: Instant::now() });
-            return Err(Redirect);
+            return Err(inner.redirect(ino, tid, Role::Reader));
         }
         node.readers += 1;
         let file = node.file.clone();
@@ -146,18 +164,11 @@ impl Nodes {
 
     pub fn open_writer(&self, nodeid: u64, tid: u32) -> Result<FileNode, Redirect> {
         let mut inner = self.inner.lock();
-        let node = inner.nodes.get(&nodeid).ok_or(Redirect)?;
-        let (ino, gen, readers) = (node.file.ino, node.file.gen, node.readers);
-        let retry = inner.redirected.contains_key(&(ino, tid));
-        if readers > 0 && !node.file.tainted && !retry {
-            let since = Instant::now();
-            inner.redirected.insert((ino, tid), Redirected { node: None, since });
-            return Err(Redirect);
-        }
-        // On the retry a reader may still have reached this node (the kernel shares a lookup
-        // in flight between threads and retries only once): the writer is let in, and the node
-        // reports its generation's attributes while readers remain.
         let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
+        let (ino, gen) = (node.file.ino, node.file.gen);
+        if node.readers > 0 || node.readers_only {
+            return Err(inner.redirect(ino, tid, Role::Writer));
+        }
         node.writers += 1;
         node.file.tainted = true;
         let file = node.file.clone();
@@ -179,10 +190,6 @@ impl Nodes {
     /// (file, generation) of every node the kernel or a handle still uses (gc keeps them).
     pub fn pinned(&self) -> Vec<(Ino, u64)> {
         self.inner.lock().nodes.values().map(|n| (n.file.ino, n.file.gen)).collect()
-    }
-
-    pub fn has_readers(&self, nodeid: u64) -> bool {
-        self.inner.lock().nodes.get(&nodeid).is_some_and(|n| n.readers > 0)
     }
 
     pub fn close(&self, nodeid: u64, writer: bool) {
@@ -222,8 +229,16 @@ impl Inner {
         let id = self.next;
         self.next += 1;
         let file = FileNode { ino, gen, manifest, tainted: false };
-        self.nodes.insert(id, Node { file, lookups: 1, readers: 0, writers: 0 });
+        self.nodes.insert(id, Node { file, lookups: 1, readers: 0, writers: 0, readers_only: false });
         id
+    }
+
+    /// Refuses `tid`'s open; its retry's lookups of `ino` get a node reserved for `role`.
+    fn redirect(&mut self, ino: Ino, tid: u32, role: Role) -> Redirect {
+        let since = Instant::now();
+        self.redirected.insert((ino, tid), Redirected { role, node: None, since });
+        tracing::debug!("open of file {ino} by thread {tid} as {role:?} refused: retry on a reserved node");
+        Redirect
     }
 
     fn bump(&mut self, id: u64) {
