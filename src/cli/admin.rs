@@ -170,7 +170,7 @@ fn snapshots_json(snaps: &[Snapshot], m: &OnMount) -> String {
 }
 
 /// Bytes for people: `512 B`, `1.5 KiB`, `3.0 GiB`.
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
         return format!("{bytes} B");

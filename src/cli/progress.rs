@@ -1,5 +1,6 @@
 //! Progress on a terminal (indicatif): a spinner with a message, the elapsed time and a count,
-//! for commands that may take a while (`restore --tree`, `gc`). Nothing is drawn when stderr
+//! for commands that may take a while (`restore --tree`, `gc`), or a bar of bytes when the total
+//! is known (`scrub`). Nothing is drawn when stderr
 //! is not a terminal; then lines are printed as they come, for logs and scripts.
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,6 +24,20 @@ impl Progress {
         Progress(Some(bar))
     }
 
+    /// A bar of `total` bytes with throughput and time left, if stderr is a terminal.
+    pub fn with_total(msg: &str, total: u64) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = ProgressBar::new(total);
+        let template = "{msg} [{elapsed}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}, {eta} left";
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar.set_message(msg.to_string());
+        Progress(Some(bar))
+    }
+
     /// Prints a line above the spinner (or just prints it).
     pub fn println(&self, line: std::fmt::Arguments) {
         match &self.0 {
@@ -30,6 +45,13 @@ impl Progress {
             None => {
                 let _ = writeln!(std::io::stderr(), "{line}");
             }
+        }
+    }
+
+    /// `n` more done (bytes, for a bar).
+    pub fn add(&self, n: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(n);
         }
     }
 

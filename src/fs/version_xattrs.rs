@@ -37,30 +37,13 @@ impl Core {
         }
     }
 
-    /// A path of `ino` from the mount root, or `#INO` if it has no name any more.
-    fn path_of(&self, ino: Ino) -> String {
-        let mut parts = Vec::new();
-        let mut at = ino;
-        while at != ROOT_INO && parts.len() < 4096 {
-            match self.store.names_of(at).ok().and_then(|n| n.into_iter().next()) {
-                Some((parent, name)) => {
-                    parts.push(String::from_utf8_lossy(&name).into_owned());
-                    at = parent;
-                }
-                None => return format!("#{ino}"),
-            }
-        }
-        parts.reverse();
-        format!("/{}", parts.join("/"))
-    }
-
     /// Runs gc, keeping every generation a node, view or draft still uses.
     pub(super) fn run_gc(&self, dry_run: bool) -> StoreResult<Vec<u8>> {
         let mut pinned: HashSet<(Ino, u64)> = self.nodes.pinned().into_iter().collect();
         pinned.extend(self.views.pinned());
         pinned.extend(self.files.pinned());
         let report = self.store.gc(&pinned, dry_run)?;
-        let text = v::gc_text(&report, |ino| self.path_of(ino));
+        let text = v::gc_text(&report, |ino| self.store.path_of(ino));
         *self.last_gc.lock() = text.clone();
         Ok(text)
     }

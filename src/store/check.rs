@@ -11,12 +11,15 @@
 //! referenced chunk file exists with its recorded length and hash; inode numbers stay below
 //! the next one handed out.
 //!
+//! [`Store::repair`] is `fsck --repair`: it drops what damaged chunks made unrecoverable, and
+//! nothing else.
+//!
 //! Not problems, but reported: chunk files no manifest references (a commit that never
 //! reached the journal, e.g. cut by a crash; harmless, `unreferenced_chunk_files`) and
 //! chunks whose count fell to zero (waiting for gc).
 
 use super::error::{StoreError, StoreResult};
-use super::records::{Hash, Ino, Inode, Kind, ROOT_INO};
+use super::records::{Hash, Ino, Inode, Kind, Op, ROOT_INO};
 use super::{Store, FIRST_COOKIE};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -43,6 +46,32 @@ pub struct CheckReport {
     pub read_only: bool,
     /// Inconsistencies: empty when the store is clean.
     pub problems: Vec<String>,
+    /// Referenced chunks that are missing, of the wrong size or (when hashed) the wrong content.
+    pub damaged_chunks: Vec<Hash>,
+}
+
+/// A generation that needs a damaged chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedGeneration {
+    /// The inode holding it (a file, or a predecessor it replaced by rename).
+    pub owner: Ino,
+    pub gen: u64,
+    /// It is what the file reads now.
+    pub current: bool,
+    /// A path of the file (or of the file that inherited the history), `#INO` if unnamed.
+    pub path: String,
+}
+
+/// What [`Store::repair`] did.
+#[derive(Debug, Clone, Default)]
+pub struct RepairReport {
+    /// Generations dropped because a chunk they need is damaged.
+    pub dropped: Vec<DamagedGeneration>,
+    /// Files whose current generation was damaged: (path, the generation now current, or None
+    /// when no intact one was left and the file is now empty).
+    pub reverted: Vec<(String, Option<u64>)>,
+    /// Damaged chunk files removed.
+    pub removed_chunks: u64,
 }
 
 impl CheckReport {
@@ -313,28 +342,12 @@ impl Store {
             }
             r.chunks += 1;
             r.chunk_bytes += *len as u64;
-            let path = self.chunks.path(hash);
-            if !opts.chunk_hashes {
-                match std::fs::metadata(&path) {
-                    Err(e) => r.problems.push(format!("chunk {hex}: {e}")),
-                    Ok(m) if m.len() != *len as u64 => {
-                        r.problems.push(format!("chunk {hex}: {} bytes, expected {len}", m.len()))
-                    }
-                    Ok(_) => {}
-                }
-                continue;
-            }
-            match std::fs::read(&path) {
-                Err(e) => r.problems.push(format!("chunk {hex}: {e}")),
-                Ok(bytes) if bytes.len() != *len as usize => {
-                    r.problems.push(format!("chunk {hex}: {} bytes, expected {len}", bytes.len()))
-                }
-                Ok(bytes) if blake3::hash(&bytes).as_bytes() != hash => {
-                    r.problems.push(format!("chunk {hex}: content fails its hash"))
-                }
-                Ok(_) => {}
+            if let Err(why) = self.verify_chunk(hash, *len, opts.chunk_hashes) {
+                r.problems.push(format!("chunk {hex}: {why}"));
+                r.damaged_chunks.push(*hash);
             }
         }
+        r.damaged_chunks.sort();
         if !opts.chunk_dir_scan {
             return Ok(());
         }
@@ -364,6 +377,94 @@ impl Store {
         }
         r.unreferenced_chunk_files.sort();
         Ok(())
+    }
+}
+
+impl Store {
+    /// Every chunk the index counts a reference to, with its length (what scrub reads).
+    pub fn referenced_chunks(&self) -> StoreResult<Vec<(Hash, u32)>> {
+        let mut chunks: Vec<(Hash, u32)> =
+            self.index.chunks()?.into_iter().filter(|(_, n, _)| *n > 0).map(|(h, _, l)| (h, l)).collect();
+        chunks.sort();
+        Ok(chunks)
+    }
+
+    /// Whether a chunk file exists with `len` bytes and (with `hash_it`) the content its name
+    /// promises; the error says what is wrong.
+    pub fn verify_chunk(&self, hash: &Hash, len: u32, hash_it: bool) -> Result<(), String> {
+        let path = self.chunks.path(hash);
+        if !hash_it {
+            return match std::fs::metadata(&path) {
+                Err(e) => Err(e.to_string()),
+                Ok(m) if m.len() != len as u64 => Err(format!("{} bytes, expected {len}", m.len())),
+                Ok(_) => Ok(()),
+            };
+        }
+        match std::fs::read(&path) {
+            Err(e) => Err(e.to_string()),
+            Ok(bytes) if bytes.len() != len as usize => Err(format!("{} bytes, expected {len}", bytes.len())),
+            Ok(bytes) if blake3::hash(&bytes).as_bytes() != hash => Err("content fails its hash".into()),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Every generation that needs one of the `damaged` chunks, by file.
+    pub fn damaged_generations(&self, damaged: &HashSet<Hash>) -> StoreResult<Vec<DamagedGeneration>> {
+        let inodes: HashMap<Ino, Inode> = self.index.inodes()?.into_iter().collect();
+        let heirs: HashMap<Ino, Ino> =
+            inodes.iter().filter_map(|(i, n)| n.history.map(|h| (h, *i))).collect();
+        let mut out = Vec::new();
+        for (ino, inode) in inodes.iter().filter(|(_, i)| i.kind == Kind::File) {
+            for (gen, m) in self.index.generations(*ino)? {
+                if !m.chunks.values().any(|c| damaged.contains(&c.hash)) {
+                    continue;
+                }
+                // A predecessor replaced by rename is read through the file that replaced it.
+                let mut named = *ino;
+                for _ in 0..inodes.len() {
+                    match heirs.get(&named) {
+                        Some(heir) if inodes.get(&named).is_some_and(|i| i.nlink == 0) => named = *heir,
+                        _ => break,
+                    }
+                }
+                let current = gen == inode.gen && inode.nlink > 0;
+                out.push(DamagedGeneration { owner: *ino, gen, current, path: self.path_of(named) });
+            }
+        }
+        out.sort_by(|a, b| (&a.path, a.gen).cmp(&(&b.path, b.gen)));
+        Ok(out)
+    }
+
+    /// Drops every generation that needs a damaged chunk; a file whose current generation is
+    /// among them gets its newest intact generation back as a new one (or, with none left,
+    /// becomes empty); the damaged chunk files go. Nothing intact is touched.
+    pub fn repair(&self, damaged: &HashSet<Hash>) -> StoreResult<RepairReport> {
+        let mut report = RepairReport { dropped: self.damaged_generations(damaged)?, ..Default::default() };
+        let needs = |m: &super::records::Manifest| m.chunks.values().any(|c| damaged.contains(&c.hash));
+        for d in report.dropped.iter().filter(|d| d.current) {
+            let intact = self.log(d.owner)?.into_iter().rev().find(|e| !needs(&e.manifest)).map(|e| e.gen);
+            match intact {
+                Some(gen) => {
+                    self.restore(d.owner, gen)?;
+                }
+                None => {
+                    let mut draft = self.new_draft(d.owner)?;
+                    draft.truncate(0, &self.chunks)?;
+                    draft.dirty = true;
+                    self.commit(&mut draft)?;
+                }
+            }
+            report.reverted.push((d.path.clone(), intact));
+        }
+        let ops: Vec<Op> =
+            report.dropped.iter().map(|d| Op::DelGeneration { ino: d.owner, gen: d.gen }).collect();
+        if !ops.is_empty() {
+            self.mutate(ops)?;
+        }
+        let freed = self.collect_chunks(false, &Default::default())?;
+        report.removed_chunks = freed.0;
+        self.sync()?;
+        Ok(report)
     }
 }
 

@@ -370,6 +370,23 @@ impl Store {
         Ok(self.index.names_of(dir)?.first().map(|(p, _)| *p).unwrap_or(ROOT_INO))
     }
 
+    /// A path of `ino` from the store's root, or `#INO` if it has no name any more.
+    pub fn path_of(&self, ino: Ino) -> String {
+        let mut parts = Vec::new();
+        let mut at = ino;
+        while at != ROOT_INO && parts.len() < 4096 {
+            match self.names_of(at).ok().and_then(|n| n.into_iter().next()) {
+                Some((parent, name)) => {
+                    parts.push(String::from_utf8_lossy(&name).into_owned());
+                    at = parent;
+                }
+                None => return format!("#{ino}"),
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
     pub fn names_of(&self, ino: Ino) -> StoreResult<Vec<(Ino, Vec<u8>)>> {
         self.index.names_of(ino)
     }

@@ -449,7 +449,7 @@ impl Store {
 
     /// Unlinks chunk files whose reference count is zero. Commits hold the gc lock shared from
     /// sealing to applying, so no commit can be about to reference a chunk removed here.
-    fn collect_chunks(&self, dry_run: bool, report: &GcReport) -> StoreResult<(u64, u64)> {
+    pub(super) fn collect_chunks(&self, dry_run: bool, report: &GcReport) -> StoreResult<(u64, u64)> {
         let _gc = self.chunk_gc.write();
         let mut counts: HashMap<Hash, (u64, u32)> =
             self.index.chunks()?.into_iter().map(|(h, c, l)| (h, (c, l))).collect();
