@@ -7,11 +7,10 @@
 
 use super::error_chain;
 use super::progress::Progress;
-use super::umount::parse_mountinfo;
 use crate::store::check::{CheckOptions, DamagedGeneration};
 use crate::store::records::Hash;
 use crate::store::Store;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -58,18 +57,9 @@ fn or_could_not_run(result: anyhow::Result<u8>) -> u8 {
     })
 }
 
-/// Opens a store that no genfs daemon has mounted (it would hold the index's lock).
+/// Opens a store no daemon serves (the store's lock says "in use by another genfs daemon").
 fn open_unmounted(store: &Path) -> anyhow::Result<Store> {
     let path = std::fs::canonicalize(store).with_context(|| format!("store {}", store.display()))?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if let Some(m) = parse_mountinfo(&info).into_iter().find(|m| m.fstype == "fuse.genfs" && m.source == path)
-    {
-        bail!(
-            "{}: mounted on {}; unmount it first (genfs umount {1})",
-            path.display(),
-            m.mountpoint.display()
-        );
-    }
     let opened = Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
     let r = &opened.recovery;
     if r.replayed_records > 0 || r.truncated_journal_bytes > 0 {
