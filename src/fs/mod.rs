@@ -847,7 +847,11 @@ impl Filesystem for GenFs {
             };
         }
         match self.core.store.inode(ino.0) {
-            Ok(inode) if inode.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            // The kernel keeps the listing and drops it itself when a change through this mount
+            // bumps the directory's i_version (fuse_dir_changed); nothing else renames.
+            Ok(inode) if inode.kind == Kind::Dir => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+            }
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
         }
