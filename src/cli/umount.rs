@@ -200,6 +200,9 @@ fn fusermount_unmount(mnt: &Path, lazy: bool) -> anyhow::Result<()> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let err = err.trim().trim_start_matches(&format!("{prog}: ")).to_string();
+        if err.contains("Device or resource busy") {
+            bail!("{}: target is busy: {}", mnt.display(), busy_hint(mnt));
+        }
         bail!("{err}");
     }
     Ok(())
