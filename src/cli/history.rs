@@ -204,8 +204,24 @@ pub fn resolve(entries: &[Entry], current: u64, spec: GenSpec) -> Result<&Entry,
 }
 
 /// Reads a virtual attribute as text: `None` if the file does not have it (ENODATA).
+///
+/// One call with room for the largest value the kernel passes (64 KiB): the usual probe for
+/// the size first costs two more requests, and each makes the daemon build the value (a log
+/// page is built from the whole log).
 pub fn get_text(path: &Path, name: &str) -> io::Result<Option<String>> {
-    Ok(xattr::get(path, name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    use std::os::unix::ffi::OsStrExt;
+    const XATTR_SIZE_MAX: usize = 65536;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let c_name = std::ffi::CString::new(name)?;
+    let mut buf = vec![0u8; XATTR_SIZE_MAX];
+    // SAFETY: NUL-terminated strings and a buffer of the length passed.
+    let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENODATA) { Ok(None) } else { Err(e) };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
 /// A path on a genfs mount: as the user wrote it (for messages), and the mount root.
