@@ -152,6 +152,23 @@ fn many_writers_and_readers_for_a_while() {
     let readers: Vec<_> = (0..READERS).map(|n| spawn("reader", n)).collect();
     std::thread::sleep(Duration::from_secs(secs.min(5)));
     let start_usage = usage(pid);
+    // The curve, for the report: a leak climbs steadily, a cache fills and levels off.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (sampling, index) = (sampling.clone(), m.store.join("index"));
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs((secs / 10).max(1)));
+                let (rss, fds) = usage(pid);
+                let index_kib = crate::util::du(&index) / 1024;
+                eprintln!(
+                    "load t={:>4} s: daemon RSS {rss} KiB, fds {fds}, index {index_kib} KiB",
+                    started.elapsed().as_secs()
+                );
+            }
+        })
+    };
     let mut finals = Vec::new();
     for (n, w) in writers.into_iter().enumerate() {
         let out = w.wait_with_output().unwrap();
@@ -173,6 +190,8 @@ fn many_writers_and_readers_for_a_while() {
             .unwrap_or(0);
     }
     let end_usage = usage(pid);
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = sampler.join();
     for (w, k, iter) in &finals {
         assert!(
             std::fs::read(file(&dir, *w, *k)).unwrap() == body(*w, *k, *iter),

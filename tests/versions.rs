@@ -1,7 +1,7 @@
 //! The version interface on a real mount: log, READ_PATH views, restore, snapshots, time
 //! travel, storage sharing, retention, and history across save-by-rename.
 
-use crate::util::{getfattr, seed, sh, write_file, Mounted, Rng};
+use crate::util::{du, getfattr, seed, sh, write_file, Mounted, Rng};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -201,12 +201,6 @@ fn time_travel_matches_the_recorded_tree() {
         let view = m.mnt.join(format!(".genfs/at/@{s}/w"));
         assert_eq!(&tree(&view), expected, "tree at @{s}");
     }
-}
-
-fn du(path: &Path) -> u64 {
-    let (ok, out) = sh(&format!("du -sb '{}'", path.display()));
-    assert!(ok);
-    out.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[test]

@@ -242,6 +242,13 @@ pub fn sh(cmd: &str) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Bytes under `path` (`du -sb`).
+pub fn du(path: &Path) -> u64 {
+    let (ok, out) = sh(&format!("du -sb '{}'", path.display()));
+    assert!(ok);
+    out.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 pub fn getfattr(path: &Path, name: &str) -> Option<String> {
     xattr::get(path, name).ok().flatten().map(|v| String::from_utf8_lossy(&v).into_owned())
 }
