@@ -210,10 +210,9 @@ pub fn resolve(entries: &[Entry], current: u64, spec: GenSpec) -> Result<&Entry,
 /// page is built from the whole log).
 pub fn get_text(path: &Path, name: &str) -> io::Result<Option<String>> {
     use std::os::unix::ffi::OsStrExt;
-    const XATTR_SIZE_MAX: usize = 65536;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let c_name = std::ffi::CString::new(name)?;
-    let mut buf = vec![0u8; XATTR_SIZE_MAX];
+    let mut buf = vec![0u8; crate::versions::VALUE_BYTES_MAX];
     // SAFETY: NUL-terminated strings and a buffer of the length passed.
     let n = unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {

@@ -69,24 +69,22 @@ impl Changers {
         }
     }
 
-    /// Whether a close by lock owner `owner` on thread `tid` is a changer's own close.
+    /// Whether a close by lock owner `owner` on thread `tid` is a changer's own close. A
+    /// changing thread counts for its whole process; when either thread is gone that cannot be
+    /// told, and the answer is yes: a commit too many is harmless, a close that commits nothing
+    /// is not.
     pub fn include(&self, owner: u64, tid: u32) -> bool {
-        self.unattributed
-            || self.owners.contains(&owner)
-            || self.threads.iter().any(|&t| t == tid || same_process(t, tid))
-    }
-
-    pub fn clear(&mut self) {
-        *self = Changers::default();
-    }
-}
-
-/// Whether two threads belong to one process. When either is gone it cannot be told, and the
-/// answer is yes: a commit too many is harmless, a close that commits nothing is not.
-fn same_process(a: u32, b: u32) -> bool {
-    match (thread_group(a), thread_group(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => true,
+        if self.unattributed || self.owners.contains(&owner) || self.threads.contains(&tid) {
+            return true;
+        }
+        if self.threads.is_empty() {
+            return false;
+        }
+        let closer = thread_group(tid);
+        self.threads.iter().any(|&t| match (thread_group(t), closer) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        })
     }
 }
 

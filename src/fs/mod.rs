@@ -301,12 +301,7 @@ impl Core {
         if slot.epoch != w.epoch || slot.draft.failed {
             return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
         }
-        let changed = {
-            let mut changers = w.changers.lock();
-            let any = changers.any();
-            changers.clear();
-            any
-        };
+        let changed = std::mem::take(&mut *w.changers.lock()).any();
         if !(changed || force) || !slot.draft.dirty {
             return if force { self.store.sync() } else { Ok(()) };
         }

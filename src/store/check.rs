@@ -19,7 +19,7 @@
 //! chunks whose count fell to zero (waiting for gc).
 
 use super::error::{StoreError, StoreResult};
-use super::records::{Hash, Ino, Inode, Kind, Op, ROOT_INO};
+use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, ROOT_INO};
 use super::{Store, FIRST_COOKIE};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -416,7 +416,7 @@ impl Store {
         let mut out = Vec::new();
         for (ino, inode) in inodes.iter().filter(|(_, i)| i.kind == Kind::File) {
             for (gen, m) in self.index.generations(*ino)? {
-                if !m.chunks.values().any(|c| damaged.contains(&c.hash)) {
+                if !uses_any(&m, damaged) {
                     continue;
                 }
                 // A predecessor replaced by rename is read through the file that replaced it.
@@ -440,9 +440,9 @@ impl Store {
     /// becomes empty); the damaged chunk files go. Nothing intact is touched.
     pub fn repair(&self, damaged: &HashSet<Hash>) -> StoreResult<RepairReport> {
         let mut report = RepairReport { dropped: self.damaged_generations(damaged)?, ..Default::default() };
-        let needs = |m: &super::records::Manifest| m.chunks.values().any(|c| damaged.contains(&c.hash));
         for d in report.dropped.iter().filter(|d| d.current) {
-            let intact = self.log(d.owner)?.into_iter().rev().find(|e| !needs(&e.manifest)).map(|e| e.gen);
+            let intact =
+                self.log(d.owner)?.into_iter().rev().find(|e| !uses_any(&e.manifest, damaged)).map(|e| e.gen);
             match intact {
                 Some(gen) => {
                     self.restore(d.owner, gen)?;
@@ -466,6 +466,10 @@ impl Store {
         self.sync()?;
         Ok(report)
     }
+}
+
+fn uses_any(m: &Manifest, chunks: &HashSet<Hash>) -> bool {
+    m.chunks.values().any(|c| chunks.contains(&c.hash))
 }
 
 fn parse_hash(name: &str) -> Option<Hash> {
