@@ -291,3 +291,114 @@ fn save_by_rename_keeps_one_history() {
         eprintln!("vim not installed: editor part skipped");
     }
 }
+
+/// Runs `cmd` in a shell as the user nobody: (exit ok, stdout and stderr).
+fn as_nobody(cmd: &str) -> (bool, String) {
+    let out =
+        std::process::Command::new("runuser").args(["-u", "nobody", "--", "sh", "-c", cmd]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn history_is_as_private_as_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mounted::new("private");
+    let chmod =
+        |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let d = m.path("home");
+    std::fs::create_dir(&d).unwrap();
+    let f = d.join("notes");
+    write_file(&f, b"old secret\n").unwrap();
+    write_file(&f, b"new secret\n").unwrap();
+    chmod(&f, 0o644);
+    let old = m.mnt.join(&log_of(&f)[0].1);
+    let genfs = crate::util::genfs_bin();
+    let cat = |p: &Path| as_nobody(&format!("cat '{}'", p.display()));
+
+    // A 0700 directory keeps others out of the file and out of its history by number.
+    chmod(&d, 0o700);
+    let (ok, out) = cat(&f);
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = cat(&old);
+    assert!(!ok && out.contains("Permission denied"), "history by number bypassed the directory: {out}");
+    let (ok, out) = as_nobody(&format!("{genfs} cat '{}@1'", f.display()));
+    assert!(!ok && out.contains("ermission denied"), "{out}");
+    // Time travel walks the directories, whose current permissions apply.
+    let (ok, out) = cat(&m.mnt.join(format!(".genfs/at/@{}/home/notes", seq(&m))));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+
+    // Who may read the file may read its old generations, through every interface.
+    chmod(&d, 0o755);
+    assert_eq!(cat(&old), (true, "old secret\n".to_string()));
+    let (ok, out) = as_nobody(&format!("{genfs} cat '{}@1'", f.display()));
+    assert!(ok && out == "old secret\n", "{out}");
+    let (ok, out) = as_nobody(&format!("{genfs} log '{}'", f.display()));
+    assert!(ok && out.lines().count() >= 2, "{out}");
+    // Taking the permission back takes effect at once: the kernel cached no one's lookup.
+    chmod(&d, 0o700);
+    assert!(!cat(&old).0, "a cached lookup let nobody in after chmod 700");
+    chmod(&d, 0o755);
+    chmod(&f, 0o600);
+    let (ok, out) = cat(&old);
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+
+    // Control needs more: restore needs write permission, snapshots the root's owner.
+    chmod(&f, 0o644);
+    let (ok, out) = as_nobody(&format!("{genfs} restore '{}@1'", f.display()));
+    assert!(!ok && out.contains("ermission denied"), "{out}");
+    assert_eq!(std::fs::read(&f).unwrap(), b"new secret\n");
+    let (ok, out) = as_nobody(&format!("{genfs} snapshot create x -C '{}'", m.mnt.display()));
+    assert!(!ok, "nobody made a snapshot: {out}");
+    let (ok, _) = as_nobody(&format!("setfattr -n user.genfs.snapshot.create -v x '{}'", m.mnt.display()));
+    assert!(!ok, "nobody made a snapshot through the attribute");
+    assert_eq!(getfattr(&m.mnt, "user.genfs.snapshots").unwrap_or_default(), "");
+}
+
+#[test]
+fn gc_spares_open_snapshotted_and_unlinked_history_until_policy_drops_it() {
+    let m = Mounted::new("pins");
+    let d = m.path("kept");
+    std::fs::create_dir(&d).unwrap();
+    xattr::set(&d, "user.genfs.retention", b"keep-last=2").unwrap();
+    let gc = || xattr::set(&m.mnt, "user.genfs.gc", b"run").unwrap();
+    let gens = |p: &Path| log_of(p).iter().map(|(g, _)| *g).collect::<Vec<u64>>();
+    let f = d.join("f");
+    write_file(&f, b"g1").unwrap();
+    let mut reader = std::fs::File::open(&f).unwrap();
+    write_file(&f, b"g2").unwrap();
+    xattr::set(&m.mnt, "user.genfs.snapshot.create", b"s").unwrap();
+    for i in 3..=10 {
+        write_file(&f, format!("g{i}").as_bytes()).unwrap();
+    }
+    // An unlinked file: readable by time travel and in the snapshot until retention drops it.
+    let u = d.join("u");
+    write_file(&u, b"unlinked").unwrap();
+    let before_unlink = seq(&m);
+    std::fs::remove_file(&u).unwrap();
+    let travelled = m.mnt.join(format!(".genfs/at/@{before_unlink}/kept/u"));
+
+    gc();
+    assert_eq!(gens(&f), [1, 2, 9, 10], "open (1), snapshot (2) and the last two");
+    let mut held = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut held).unwrap();
+    assert_eq!(held, "g1");
+    assert_eq!(std::fs::read(m.mnt.join(".genfs/snapshots/s/kept/f")).unwrap(), b"g2");
+    assert_eq!(std::fs::read(&travelled).unwrap(), b"unlinked");
+
+    drop(reader);
+    gc();
+    assert_eq!(gens(&f), [2, 9, 10], "closed: generation 1 is no longer pinned");
+    xattr::set(&m.mnt, "user.genfs.snapshot.delete", b"s").unwrap();
+    gc();
+    assert_eq!(gens(&f), [9, 10]);
+    assert_eq!(std::fs::read(&travelled).unwrap(), b"unlinked", "keep-last=2 still keeps it");
+    xattr::set(&d, "user.genfs.retention", b"keep-last=0").unwrap();
+    gc();
+    assert_eq!(gens(&f), [10], "the current generation is never dropped");
+    let err = std::fs::read(&travelled).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    let listed: Vec<_> =
+        std::fs::read_dir(travelled.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(listed, ["f"], "a file whose history is gone is still listed in time travel");
+}

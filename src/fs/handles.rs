@@ -88,9 +88,22 @@ impl Changers {
     }
 }
 
-fn thread_group(tid: u32) -> Option<u32> {
+/// A field of /proc/TID/status (e.g. "Tgid:"), trimmed; None if the thread is gone.
+fn proc_status(tid: u32, field: &str) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix(field)).map(|v| v.trim().to_string())
+}
+
+fn thread_group(tid: u32) -> Option<u32> {
+    proc_status(tid, "Tgid:").and_then(|v| v.parse().ok())
+}
+
+/// The supplementary groups of a thread (empty if it is gone: permission checks then fall
+/// back to its uid and gid).
+pub(super) fn groups_of(tid: u32) -> Vec<u32> {
+    proc_status(tid, "Groups:")
+        .map(|v| v.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 pub enum HandleKind {

@@ -61,6 +61,9 @@ pub struct Core {
     mounted_at: Timestamp,
     /// Report of the last gc run (`user.genfs.gc`).
     last_gc: parking_lot::Mutex<Vec<u8>>,
+    /// Held shared by an open of a view while it checks its generation is still kept, and
+    /// exclusively by gc: an open either pins the generation or sees it gone.
+    gc_fence: parking_lot::RwLock<()>,
 }
 
 pub struct GenFs {
@@ -103,6 +106,7 @@ impl GenFs {
             views: Views::default(),
             mounted_at: Timestamp::now(),
             last_gc: parking_lot::Mutex::new(Vec::new()),
+            gc_fence: parking_lot::RwLock::new(()),
         });
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let mut threads = Vec::new();
@@ -365,10 +369,16 @@ impl Core {
 
     fn open_file(&self, req: &Request, nodeid: u64, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
         if let Some(view) = self.views.get(nodeid) {
-            let View::File { ino, manifest, .. } = view else { return Err(Errno::EISDIR) };
+            let View::File { ino, gen, manifest } = view else { return Err(Errno::EISDIR) };
             if flags.acc_mode() != OpenAccMode::O_RDONLY {
                 return Err(Errno::EROFS);
             }
+            let _fence = self.gc_fence.read();
+            if !self.store.generation_kept(ino, gen).map_err(|e| errno(&e))? {
+                // Dropped by gc since the kernel cached this name: ESTALE makes it look again.
+                return Err(Errno::ESTALE);
+            }
+            self.views.open(nodeid);
             let fh = self.handles.insert(Handle { nodeid, ino, kind: HandleKind::Reader(manifest) });
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
@@ -419,6 +429,7 @@ impl Core {
         let handle = self.handles.remove(fh)?;
         let writer = handle.writer().is_some();
         self.nodes.close(handle.nodeid, writer);
+        self.views.close(handle.nodeid);
         if !writer {
             return None;
         }
@@ -476,8 +487,13 @@ fn sync_loop(core: &Core) {
 }
 
 fn reply_entry(reply: ReplyEntry, result: StoreResult<FileAttr>) {
+    reply_entry_for(reply, result, CACHE_TTL)
+}
+
+/// An entry the kernel keeps for `entry_ttl`; its attributes for CACHE_TTL.
+fn reply_entry_for(reply: ReplyEntry, result: StoreResult<FileAttr>, entry_ttl: Duration) {
     match result {
-        Ok(attr) => reply.entry(&CACHE_TTL, &attr, Generation(0)),
+        Ok(attr) => reply.entry_with_ttls(&CACHE_TTL, &entry_ttl, &attr, Generation(0)),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -522,7 +538,11 @@ impl Filesystem for GenFs {
         let c = &self.core;
         let name = name.as_bytes();
         if let Some(view) = c.views.get(parent.0) {
-            return reply_entry(reply, c.view_lookup(&view, name));
+            // Names under .genfs/gen are checked per caller (view_ops::may_reach), so the
+            // kernel must ask again on every path walk instead of reusing another's dentry.
+            let per_caller = matches!(view, View::Fixed(views::GEN_DIR) | View::Generations { .. });
+            let entry_ttl = if per_caller { Duration::ZERO } else { CACHE_TTL };
+            return reply_entry_for(reply, c.view_lookup(&view, name, req), entry_ttl);
         }
         if parent.0 == ROOT_INO && name == crate::versions::VIEWS_DIR {
             return reply_entry(reply, c.view_attr(views::GENFS_DIR, &View::Fixed(views::GENFS_DIR)));

@@ -39,6 +39,7 @@ impl Core {
 
     /// Runs gc, keeping every generation a node, view or draft still uses.
     pub(super) fn run_gc(&self, dry_run: bool) -> StoreResult<Vec<u8>> {
+        let _fence = self.gc_fence.write();
         let mut pinned: HashSet<(Ino, u64)> = self.nodes.pinned().into_iter().collect();
         pinned.extend(self.views.pinned());
         pinned.extend(self.files.pinned());

@@ -7,8 +7,11 @@ use crate::store::records::{Ino, Inode, Kind, Timestamp, ROOT_INO};
 use crate::store::{StoreError, StoreResult};
 use crate::versions::views::{View, AT_DIR, GENFS_DIR, GEN_DIR, SNAPSHOTS_DIR};
 use crate::versions::{parse_at, At};
-use fuser::{FileAttr, FileType, INodeNo};
+use fuser::{FileAttr, FileType, INodeNo, Request};
 use std::sync::Arc;
+
+/// Directories between a file and the root, at most (a loop in a damaged index ends here).
+const DEPTH_MAX: usize = 4096;
 
 /// Permission bits as a view shows them: no write bits.
 fn read_only(mut inode: Inode) -> Inode {
@@ -75,7 +78,49 @@ impl Core {
         })
     }
 
-    pub(super) fn view_lookup(&self, parent: &View, name: &[u8]) -> StoreResult<FileAttr> {
+    /// Whether the caller may search every directory above some current name of `ino`.
+    /// `.genfs/gen/INO` names a file by number, skipping the path walk in which the kernel
+    /// checks those directories, so the view checks them itself: old generations are open to
+    /// whoever may reach the file now. An unlinked file's history: its owner only.
+    fn may_reach(&self, ino: Ino, req: &Request) -> StoreResult<bool> {
+        if req.uid() == 0 {
+            return Ok(true);
+        }
+        let groups = super::handles::groups_of(req.pid());
+        let may_search = |dir: &Inode| {
+            let bits = if dir.uid == req.uid() {
+                0o100
+            } else if dir.gid == req.gid() || groups.contains(&dir.gid) {
+                0o010
+            } else {
+                0o001
+            };
+            dir.perm & bits != 0
+        };
+        let names = self.store.names_of(ino)?;
+        if names.is_empty() {
+            return Ok(self.store.inode(ino)?.uid == req.uid());
+        }
+        'names: for (parent, _) in names {
+            let mut dir = parent;
+            for _ in 0..DEPTH_MAX {
+                if !may_search(&self.store.inode(dir)?) {
+                    continue 'names;
+                }
+                if dir == ROOT_INO {
+                    return Ok(true);
+                }
+                match self.store.names_of(dir)?.first() {
+                    Some(&(up, _)) => dir = up,
+                    None => continue 'names,
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// A view's entry for `name` in `parent`, looked up for `req`.
+    pub(super) fn view_lookup(&self, parent: &View, name: &[u8], req: &Request) -> StoreResult<FileAttr> {
         let text = std::str::from_utf8(name).ok();
         let view = match parent {
             View::Fixed(GENFS_DIR) => match name {
@@ -88,6 +133,9 @@ impl Core {
                 let ino: Ino = text.and_then(|t| t.parse().ok()).ok_or(StoreError::NotFound)?;
                 if self.store.inode(ino)?.kind != Kind::File {
                     return Err(StoreError::NotFound);
+                }
+                if !self.may_reach(ino, req)? {
+                    return Err(StoreError::PermissionDenied);
                 }
                 View::Generations { ino }
             }
@@ -107,6 +155,9 @@ impl Core {
             View::Fixed(_) => return Err(StoreError::NotFound),
             View::Generations { ino } => {
                 let gen: u64 = text.and_then(|t| t.parse().ok()).ok_or(StoreError::NotFound)?;
+                if !self.may_reach(*ino, req)? {
+                    return Err(StoreError::PermissionDenied);
+                }
                 let (owner, manifest) =
                     self.store.history_generation(*ino, gen)?.ok_or(StoreError::NotFound)?;
                 View::File { ino: owner, gen, manifest: Arc::new(manifest) }
@@ -138,12 +189,18 @@ impl Core {
                 .into_iter()
                 .map(|e| (e.owner, FileType::RegularFile, e.gen.to_string().into_bytes()))
                 .collect(),
-            View::Dir { seq, ino } => self
-                .store
-                .readdir_at(*ino, *seq)?
-                .into_iter()
-                .map(|(n, child, kind)| (child, super::attr::file_type(kind), n))
-                .collect(),
+            View::Dir { seq, ino } => {
+                let mut names = Vec::new();
+                for (n, child, kind) in self.store.readdir_at(*ino, *seq)? {
+                    // A file whose generation of then retention dropped is not in the view.
+                    match self.view_of(*seq, child, kind) {
+                        Err(StoreError::NotFound) => continue,
+                        Err(e) => return Err(e),
+                        Ok(_) => names.push((child, super::attr::file_type(kind), n)),
+                    }
+                }
+                names
+            }
             View::File { .. } | View::Other { .. } => return Err(StoreError::NotDir),
         };
         Ok(names)

@@ -34,6 +34,8 @@ pub enum StoreError {
     AttributeTooBig,
     Stale,
     NotPermitted,
+    /// The caller lacks a permission (EACCES; NotPermitted is EPERM).
+    PermissionDenied,
     Busy,
     CrossDevice,
 }
@@ -65,6 +67,7 @@ impl StoreError {
             StoreError::AttributeTooBig => libc::E2BIG,
             StoreError::Stale => libc::ESTALE,
             StoreError::NotPermitted => libc::EPERM,
+            StoreError::PermissionDenied => libc::EACCES,
             StoreError::Busy => libc::EBUSY,
             StoreError::CrossDevice => libc::EXDEV,
         }

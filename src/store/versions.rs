@@ -264,6 +264,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether generation `gen` of `ino` (its owner) is still kept; generation 0 (empty,
+    /// never committed) always is.
+    pub fn generation_kept(&self, ino: Ino, gen: u64) -> StoreResult<bool> {
+        Ok(gen == 0 || self.index.generation(ino, gen)?.is_some())
+    }
+
     /// Generation `gen` of the file's history (its own or a predecessor's).
     pub fn history_generation(&self, ino: Ino, gen: u64) -> StoreResult<Option<(Ino, Manifest)>> {
         let mut at = ino;
@@ -283,9 +289,24 @@ impl Store {
     }
 
     /// The generation of `ino` that was current at sequence number `seq` (0: none yet).
+    /// NotFound when retention dropped it: the file had content then, which is gone.
     pub fn generation_at(&self, ino: Ino, seq: u64) -> StoreResult<(u64, Manifest)> {
-        let found = self.index.generations(ino)?.into_iter().rev().find(|(_, m)| m.seq <= seq);
-        Ok(found.unwrap_or_else(|| (0, Manifest::empty())))
+        let gens = self.index.generations(ino)?;
+        if let Some(found) = gens.iter().rev().find(|(_, m)| m.seq <= seq) {
+            return Ok(found.clone());
+        }
+        // Before its oldest kept generation the file was empty (created, not yet written)
+        // only if no generation of its own came before that one.
+        let inode = self.inode(ino)?;
+        let first_own = match inode.history {
+            Some(predecessor) => self.inode(predecessor)?.last_gen + 1,
+            None => 1,
+        };
+        let oldest_kept = gens.first().map(|(g, _)| *g).unwrap_or(inode.last_gen + 1);
+        if oldest_kept > first_own {
+            return Err(StoreError::NotFound);
+        }
+        Ok((0, Manifest::empty()))
     }
 
     pub fn lookup_at(&self, parent: Ino, name: &[u8], seq: u64) -> StoreResult<(Ino, Inode)> {
@@ -341,6 +362,7 @@ impl Store {
     }
 
     /// The policy that applies to `ino`: its own, else the nearest ancestor's, else the default.
+    /// A file or directory without a name inherits from the directory it was removed from.
     pub fn retention_of(&self, ino: Ino) -> StoreResult<Retention> {
         let mut at = ino;
         for _ in 0..4096 {

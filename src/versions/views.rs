@@ -1,6 +1,7 @@
 //! Node ids of the read-only views under `/.genfs/`. The four fixed directories have fixed
 //! ids; everything below them gets ids from the file-node counter, kept in this table with
 //! lookup counts like file nodes. Views never change, so the kernel may cache them freely.
+//! A cached view pins nothing: gc keeps only the generations of views open in a descriptor.
 
 use crate::store::records::{Ino, Manifest};
 use parking_lot::Mutex;
@@ -49,9 +50,15 @@ pub fn is_fixed(nodeid: u64) -> bool {
     (GENFS_DIR..=AT_DIR).contains(&nodeid)
 }
 
+struct Entry {
+    view: View,
+    lookups: u64,
+    opens: u64,
+}
+
 #[derive(Default)]
 struct Inner {
-    nodes: HashMap<u64, (View, u64)>,
+    nodes: HashMap<u64, Entry>,
     ids: HashMap<Key, u64>,
 }
 
@@ -72,12 +79,12 @@ impl Views {
         let mut inner = self.inner.lock();
         if let Some(&id) = inner.ids.get(&k) {
             if let Some(entry) = inner.nodes.get_mut(&id) {
-                entry.1 += 1;
+                entry.lookups += 1;
                 return id;
             }
         }
         let id = alloc();
-        inner.nodes.insert(id, (view, 1));
+        inner.nodes.insert(id, Entry { view, lookups: 1, opens: 0 });
         inner.ids.insert(k, id);
         id
     }
@@ -86,35 +93,48 @@ impl Views {
         if is_fixed(nodeid) {
             return Some(View::Fixed(nodeid));
         }
-        self.inner.lock().nodes.get(&nodeid).map(|(v, _)| v.clone())
+        self.inner.lock().nodes.get(&nodeid).map(|e| e.view.clone())
+    }
+
+    /// Counts an open descriptor of a view node (it pins its generation until `close`).
+    pub fn open(&self, nodeid: u64) {
+        if let Some(entry) = self.inner.lock().nodes.get_mut(&nodeid) {
+            entry.opens += 1;
+        }
+    }
+
+    pub fn close(&self, nodeid: u64) {
+        if let Some(entry) = self.inner.lock().nodes.get_mut(&nodeid) {
+            entry.opens = entry.opens.saturating_sub(1);
+        }
     }
 
     pub fn forget(&self, nodeid: u64, count: u64) {
         let mut inner = self.inner.lock();
         let gone = match inner.nodes.get_mut(&nodeid) {
             Some(entry) => {
-                entry.1 = entry.1.saturating_sub(count);
-                entry.1 == 0
+                entry.lookups = entry.lookups.saturating_sub(count);
+                entry.lookups == 0
             }
             None => false,
         };
         if gone {
-            if let Some((v, _)) = inner.nodes.remove(&nodeid) {
-                if let Some(k) = key(&v) {
+            if let Some(entry) = inner.nodes.remove(&nodeid) {
+                if let Some(k) = key(&entry.view) {
                     inner.ids.remove(&k);
                 }
             }
         }
     }
 
-    /// (inode, generation) of every generation a view node holds (gc must keep them).
+    /// (inode, generation) of every generation open through a view (gc must keep them).
     pub fn pinned(&self) -> Vec<(Ino, u64)> {
         let inner = self.inner.lock();
         inner
             .nodes
             .values()
-            .filter_map(|(v, _)| match v {
-                View::File { ino, gen, .. } => Some((*ino, *gen)),
+            .filter_map(|e| match e.view {
+                View::File { ino, gen, .. } if e.opens > 0 => Some((ino, gen)),
                 _ => None,
             })
             .collect()
