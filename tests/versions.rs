@@ -371,12 +371,16 @@ fn gc_spares_open_snapshotted_and_unlinked_history_until_policy_drops_it() {
     for i in 3..=10 {
         write_file(&f, format!("g{i}").as_bytes()).unwrap();
     }
-    // An unlinked file: readable by time travel and in the snapshot until retention drops it.
-    let u = d.join("u");
+    // A deleted file: readable by time travel until retention drops it. Its directory keeps
+    // an hour of history; counts (keep-last) do not keep a deleted file's generations.
+    let trash = m.path("trash");
+    std::fs::create_dir(&trash).unwrap();
+    xattr::set(&trash, "user.genfs.retention", b"keep-within=1h").unwrap();
+    let u = trash.join("u");
     write_file(&u, b"unlinked").unwrap();
     let before_unlink = seq(&m);
     std::fs::remove_file(&u).unwrap();
-    let travelled = m.mnt.join(format!(".genfs/at/@{before_unlink}/kept/u"));
+    let travelled = m.mnt.join(format!(".genfs/at/@{before_unlink}/trash/u"));
 
     gc();
     assert_eq!(gens(&f), [1, 2, 9, 10], "open (1), snapshot (2) and the last two");
@@ -392,13 +396,19 @@ fn gc_spares_open_snapshotted_and_unlinked_history_until_policy_drops_it() {
     xattr::set(&m.mnt, "user.genfs.snapshot.delete", b"s").unwrap();
     gc();
     assert_eq!(gens(&f), [9, 10]);
-    assert_eq!(std::fs::read(&travelled).unwrap(), b"unlinked", "keep-last=2 still keeps it");
+    assert_eq!(std::fs::read(&travelled).unwrap(), b"unlinked", "keep-within=1h still keeps it");
     xattr::set(&d, "user.genfs.retention", b"keep-last=0").unwrap();
+    xattr::set(&trash, "user.genfs.retention", b"keep-last=5").unwrap();
+    write_file(&trash.join("v"), b"named").unwrap();
     gc();
     assert_eq!(gens(&f), [10], "the current generation is never dropped");
     let err = std::fs::read(&travelled).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
-    let listed: Vec<_> =
-        std::fs::read_dir(travelled.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(listed, ["f"], "a file whose history is gone is still listed in time travel");
+    let listed: Vec<_> = std::fs::read_dir(m.mnt.join(format!(".genfs/at/@{}/trash", seq(&m))))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, ["v"], "a file whose history is gone is still listed in time travel");
+    let old_view: Vec<_> = std::fs::read_dir(travelled.parent().unwrap()).unwrap().collect();
+    assert!(old_view.is_empty(), "the deleted file's name outlived its history");
 }

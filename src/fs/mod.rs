@@ -477,12 +477,23 @@ fn sync_loop(core: &Core) {
             if let Err(e) = core.store.checkpoint() {
                 tracing::error!("checkpoint failed: {e}");
             }
+            return_free_memory();
         }
         if ticks % GC_EVERY_SYNCS == 0 {
             if let Err(e) = core.run_gc(false) {
                 tracing::error!("background gc failed: {e}");
             }
         }
+    }
+}
+
+/// Gives the heap's free pages back to the system. glibc keeps what a burst freed (a gc's or
+/// checkpoint's scans of the index, spread over per-thread arenas), so without this the
+/// daemon's RSS stays at its high-water mark for good.
+pub(crate) fn return_free_memory() {
+    // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

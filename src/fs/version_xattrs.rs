@@ -43,7 +43,9 @@ impl Core {
         let mut pinned: HashSet<(Ino, u64)> = self.nodes.pinned().into_iter().collect();
         pinned.extend(self.views.pinned());
         pinned.extend(self.files.pinned());
-        let report = self.store.gc(&pinned, dry_run)?;
+        let report = self.store.gc(&pinned, dry_run);
+        super::return_free_memory();
+        let report = report?;
         let text = v::gc_text(&report, |ino| self.store.path_of(ino));
         *self.last_gc.lock() = text.clone();
         Ok(text)

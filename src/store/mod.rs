@@ -37,9 +37,6 @@ pub use versions::{GcReport, LogEntry, Retention, Stats};
 pub const NAME_BYTES_MAX: usize = 255;
 pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
 pub const XATTR_NAME_BYTES_MAX: usize = 255;
-/// Where an inode without names remembers the directory its last name was removed from
-/// (hidden like every `user.genfs.` name).
-const LAST_PARENT_XATTR: &[u8] = b"user.genfs.last-parent";
 const INODE_LOCK_STRIPES: usize = 256;
 /// Records after the last checkpoint that trigger a new one (a replay of 10,000 records takes
 /// well under a second here).
@@ -375,13 +372,7 @@ impl Store {
         if let Some((parent, _)) = self.index.names_of(ino)?.first() {
             return Ok(*parent);
         }
-        let last = self.index.xattr(ino, LAST_PARENT_XATTR)?;
-        Ok(last.and_then(|v| v.try_into().ok()).map(Ino::from_le_bytes).unwrap_or(ROOT_INO))
-    }
-
-    /// The op that records, as the last name of `ino` goes, the directory it was in.
-    fn remember_parent(ino: Ino, parent: Ino) -> Op {
-        Op::PutXattr { ino, name: LAST_PARENT_XATTR.to_vec(), value: parent.to_le_bytes().to_vec() }
+        Ok(self.index.last_name(ino)?.map_or(ROOT_INO, |(parent, _)| parent))
     }
 
     /// A path of `ino` from the store's root, or `#INO` if it has no name any more.
@@ -447,7 +438,7 @@ impl Store {
         let mut ops =
             vec![Op::DelDirent { parent, name: name.to_vec() }, Op::PutInode { ino: parent, inode: dir }];
         if child.nlink == 0 {
-            ops.push(Self::remember_parent(ino, parent));
+            ops.push(Op::LostLastName { ino, parent });
         }
         // The inode stays even without names: open descriptors, history and time travel use it.
         ops.push(Op::PutInode { ino, inode: child });
@@ -475,7 +466,7 @@ impl Store {
         child.ctime = now;
         self.mutate(vec![
             Op::DelDirent { parent, name: name.to_vec() },
-            Self::remember_parent(ino, parent),
+            Op::LostLastName { ino, parent },
             Op::PutInode { ino, inode: child },
             Op::PutInode { ino: parent, inode: dir },
         ])?;
@@ -591,6 +582,9 @@ impl Store {
                         }
                     }
                     d_inode.ctime = now;
+                    if d_inode.nlink == 0 {
+                        ops.push(Op::LostLastName { ino: d, parent: p2 });
+                    }
                     ops.push(Op::PutInode { ino: d, inode: d_inode });
                     replaced = Some(d);
                 }

@@ -188,6 +188,21 @@ pub enum Op {
     DropChunk {
         hash: Hash,
     },
+    /// The last name of `ino` (in `parent`) went, at this record's sequence number: kept
+    /// for retention (inherited from `parent`) and snapshots (which saw it until then).
+    LostLastName {
+        ino: Ino,
+        parent: Ino,
+    },
+    /// gc: the entry of `name` in `parent` made at `seq` named an inode that is gone. With
+    /// `gap`, it becomes "no such name then"; without, it is removed (the entry before it
+    /// says the same).
+    PruneNameHistory {
+        parent: Ino,
+        name: Vec<u8>,
+        seq: u64,
+        gap: bool,
+    },
 }
 
 /// A journal record: one atomic, ordered change of the store.

@@ -1431,3 +1431,76 @@ fn mkfs_records_chunk_size_and_owner() {
     assert_eq!((root.kind, root.uid, root.gid, root.nlink), (Kind::Dir, OWNER.0, OWNER.1, 2));
     assert_eq!(root.perm, 0o755);
 }
+
+#[test]
+fn gc_removes_inodes_whose_history_is_gone() {
+    let (_tmp, _path, store) = new_store(CS);
+    let dir = mkdir(&store, ROOT_INO, "d");
+    store.set_retention(dir, Some("keep-last=2")).unwrap();
+    // Ten saves by rename: a chain of ten inodes behind "f".
+    let first = create_file(&store, dir, "f");
+    write_and_commit(&store, first, 0, b"v0");
+    for i in 1..10 {
+        let tmp = create_file(&store, dir, "f.tmp");
+        write_and_commit(&store, tmp, 0, format!("v{i}").as_bytes());
+        store.rename(dir, b"f.tmp", dir, b"f", RenameMode::Replace).unwrap();
+    }
+    // A deleted file: counts keep none of a deleted file's generations.
+    let gone = create_file(&store, dir, "scratch");
+    write_and_commit(&store, gone, 0, b"scratch");
+    store.unlink(dir, b"scratch").unwrap();
+    let inodes_before = store.index.inodes().unwrap().len();
+    store.gc(&HashSet::new(), false).unwrap();
+    let f = lookup(&store, dir, "f");
+    let log: Vec<u64> = store.log(f).unwrap().iter().map(|e| e.gen).collect();
+    assert_eq!(log, [9, 10], "keep-last=2");
+    assert_eq!(content(&store, f), b"v9");
+    assert_eq!(store.inode(gone).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(store.inode(first).unwrap_err().errno(), libc::ENOENT);
+    // Left: root, d, f and the one predecessor holding generation 9.
+    assert_eq!(store.index.inodes().unwrap().len(), 4, "{inodes_before} inodes before gc");
+    // Time travel forgets the names of what is gone: "scratch" and all but the last saves.
+    let history = store.index.name_history().unwrap();
+    let entries = |n: &[u8]| history.iter().filter(|e| e.1 == n).count();
+    assert_eq!(entries(b"scratch"), 0);
+    assert!(entries(b"f") <= 3 && entries(b"f.tmp") <= 4, "{history:?}");
+    assert_consistent(&store);
+    // Pinned (open) inodes stay.
+    let held = create_file(&store, dir, "held");
+    let gen = write_and_commit(&store, held, 0, b"held");
+    store.unlink(dir, b"held").unwrap();
+    store.gc(&HashSet::from([(held, gen)]), false).unwrap();
+    assert_eq!(content(&store, held), b"held");
+    store.gc(&HashSet::new(), false).unwrap();
+    assert!(store.inode(held).is_err());
+    assert_consistent(&store);
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
+}
+
+#[test]
+fn a_snapshot_pins_only_what_its_tree_showed() {
+    let (_tmp, _path, store) = new_store(CS);
+    store.set_retention(ROOT_INO, Some("keep-last=1")).unwrap();
+    let first = create_file(&store, ROOT_INO, "f");
+    write_and_commit(&store, first, 0, b"v1");
+    store.snapshot_create(b"s").unwrap();
+    let scratch = create_file(&store, ROOT_INO, "scratch");
+    write_and_commit(&store, scratch, 0, b"after the snapshot");
+    store.unlink(ROOT_INO, b"scratch").unwrap();
+    for i in 2..=4 {
+        let tmp = create_file(&store, ROOT_INO, "f.tmp");
+        write_and_commit(&store, tmp, 0, format!("v{i}").as_bytes());
+        store.rename(ROOT_INO, b"f.tmp", ROOT_INO, b"f", RenameMode::Replace).unwrap();
+    }
+    store.gc(&HashSet::new(), false).unwrap();
+    let f = lookup(&store, ROOT_INO, "f");
+    let log: Vec<u64> = store.log(f).unwrap().iter().map(|e| e.gen).collect();
+    assert_eq!(log, [1, 4], "the snapshot's generation and the current one");
+    assert!(store.inode(scratch).is_err(), "created and deleted after the snapshot: not in it");
+    store.snapshot_delete(b"s").unwrap();
+    store.gc(&HashSet::new(), false).unwrap();
+    assert_eq!(store.log(f).unwrap().len(), 1);
+    assert!(store.inode(first).is_err());
+    assert_consistent(&store);
+}

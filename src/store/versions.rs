@@ -61,6 +61,8 @@ pub struct Retention {
 /// Where a file's own retention setting is kept (a hidden attribute of the inode).
 const RETENTION_XATTR: &[u8] = b"user.genfs.retention";
 const DAY_SECS: i64 = 86_400;
+/// Name-history entries gc drops per journal record (records stay small).
+const PRUNE_OPS_PER_RECORD: usize = 1024;
 
 impl Retention {
     pub fn default_policy() -> Retention {
@@ -180,9 +182,14 @@ fn year_month(days: i64) -> (i64, u32) {
 }
 
 /// Indices (into `times`, newest first) that the keep rules keep.
-fn keep_set(policy: &Retention, times: &[Timestamp], now: Timestamp) -> BTreeSet<usize> {
+/// The generations (indexes into `times`, newest first) a policy keeps. For a file with a
+/// name, counts are counts of generations and of periods that have one (restic's meaning).
+/// A deleted file gets no more generations, so counts would keep its last ones for ever:
+/// for it, keep-last does not apply and keep-hourly=N etc. mean the last N periods before
+/// `now`, which lets its history age out like a trash can's.
+fn keep_set(policy: &Retention, times: &[Timestamp], now: Timestamp, named: bool) -> BTreeSet<usize> {
     let mut keep = BTreeSet::new();
-    if let Some(n) = policy.keep_last {
+    if let (Some(n), true) = (policy.keep_last, named) {
         keep.extend(0..(n as usize).min(times.len()));
     }
     if let Some(w) = policy.keep_within_secs {
@@ -202,8 +209,9 @@ fn keep_set(policy: &Retention, times: &[Timestamp], now: Timestamp) -> BTreeSet
     for (limit, bucket) in buckets {
         let Some(limit) = limit else { continue };
         let mut seen = HashSet::new();
+        let oldest_bucket = bucket(now.secs) - limit as i64;
         for (i, t) in times.iter().enumerate() {
-            if seen.len() as u64 >= limit {
+            if seen.len() as u64 >= limit || (!named && bucket(t.secs) <= oldest_bucket) {
                 break;
             }
             if seen.insert(bucket(t.secs)) {
@@ -245,18 +253,8 @@ impl Store {
 
     /// Every kept generation of the file, its predecessors' first; oldest first.
     pub fn log(&self, ino: Ino) -> StoreResult<Vec<LogEntry>> {
-        let mut chain = vec![ino];
-        let mut seen = HashSet::from([ino]);
-        let mut at = self.inode(ino)?;
-        while let Some(prev) = at.history {
-            if !seen.insert(prev) {
-                break;
-            }
-            chain.push(prev);
-            at = self.inode(prev)?;
-        }
         let mut out = Vec::new();
-        for owner in chain.into_iter().rev() {
+        for owner in self.history_chain(ino)?.into_iter().rev() {
             for (gen, manifest) in self.index.generations(owner)? {
                 out.push(LogEntry { gen, owner, manifest });
             }
@@ -402,19 +400,26 @@ impl Store {
         let snapshot_seqs: Vec<u64> = self.index.snapshots()?.iter().map(|(_, s)| s.seq).collect();
         let capacity = self.statfs().map(|st| st.f_blocks * st.f_frsize).unwrap_or(0);
         let now = Timestamp::now();
+        let in_use: HashSet<Ino> = pinned.iter().map(|(ino, _)| *ino).collect();
         for (ino, inode) in &inodes {
             if inode.kind != Kind::File || predecessors.contains(ino) {
                 continue;
             }
             let drops = self.gc_plan(*ino, inode, pinned, &snapshot_seqs, capacity, now)?;
-            if drops.is_empty() {
+            report.dropped.extend(drops.iter().map(|e| (e.owner, e.gen, e.manifest.size)));
+            if dry_run {
                 continue;
             }
-            report.dropped.extend(drops.iter().map(|e| (e.owner, e.gen, e.manifest.size)));
-            if !dry_run {
+            if !drops.is_empty() {
                 let ops = drops.iter().map(|e| Op::DelGeneration { ino: e.owner, gen: e.gen }).collect();
                 self.mutate(ops)?;
             }
+            if inode.nlink == 0 || inode.history.is_some() {
+                self.prune_history_chain(*ino, &in_use)?;
+            }
+        }
+        if !dry_run {
+            self.prune_name_history()?;
         }
         let (chunks, bytes) = self.collect_chunks(dry_run, &report)?;
         report.freed_chunks = chunks;
@@ -423,6 +428,91 @@ impl Store {
             self.sync()?;
         }
         Ok(report)
+    }
+
+    /// `ino` and the files whose history it continues (rename over), newest first.
+    fn history_chain(&self, ino: Ino) -> StoreResult<Vec<Ino>> {
+        let mut chain = vec![ino];
+        let mut seen = HashSet::from([ino]);
+        let mut at = self.inode(ino)?;
+        while let Some(prev) = at.history {
+            if !seen.insert(prev) {
+                break;
+            }
+            chain.push(prev);
+            at = self.inode(prev)?;
+        }
+        Ok(chain)
+    }
+
+    /// After gc: removes the inodes at the old end of `ino`'s history chain that no longer
+    /// hold a generation (and `ino` itself once it has neither a name nor a generation), so
+    /// that deleted and replaced files do not stay in the index for ever.
+    /// `in_use`: inodes open or held by the kernel.
+    fn prune_history_chain(&self, ino: Ino, in_use: &HashSet<Ino>) -> StoreResult<()> {
+        let chain = self.history_chain(ino)?;
+        let _locks = self.lock_inodes(&chain);
+        if self.history_chain(ino)? != chain {
+            return Ok(()); // renamed meanwhile: the next gc will see the new chain
+        }
+        let named = self.inode(ino)?.nlink > 0;
+        let mut alive = Vec::with_capacity(chain.len());
+        for (k, i) in chain.iter().enumerate() {
+            alive.push((k == 0 && named) || in_use.contains(i) || !self.index.generations(*i)?.is_empty());
+        }
+        let ends_at = alive.iter().rposition(|a| *a);
+        let first_dead = ends_at.map_or(0, |k| k + 1);
+        if first_dead == chain.len() {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        if let Some(k) = ends_at {
+            let mut last = self.inode(chain[k])?;
+            last.history = None;
+            ops.push(Op::PutInode { ino: chain[k], inode: last });
+        }
+        for dead in &chain[first_dead..] {
+            ops.push(Op::DelInode { ino: *dead, xattrs: self.index.xattr_names(*dead)? });
+        }
+        self.mutate(ops).map(|_| ())
+    }
+
+    /// Drops the time-travel entries of names whose inode gc removed: an entry naming a gone
+    /// inode becomes a gap ("no such name then"), or goes when the entry before it is a gap
+    /// too (or there is none), so the history of a name shrinks with what it named.
+    fn prune_name_history(&self) -> StoreResult<()> {
+        let mut ops = Vec::new();
+        let mut previous: Option<(Ino, Vec<u8>, bool)> = None; // (parent, name, was a gap)
+        let mut gone: HashMap<Ino, bool> = HashMap::new();
+        for (parent, name, seq, target) in self.index.name_history()? {
+            let dead = match target {
+                Some((ino, _)) => match gone.get(&ino) {
+                    Some(d) => *d,
+                    None => {
+                        let d = self.index.inode(ino)?.is_none();
+                        gone.insert(ino, d);
+                        d
+                    }
+                },
+                None => false,
+            };
+            let same_name = previous.as_ref().is_some_and(|(p, n, _)| *p == parent && *n == name);
+            let after_gap = !same_name || previous.as_ref().is_some_and(|(_, _, gap)| *gap);
+            let gap = target.is_none() || dead;
+            if gap && after_gap {
+                ops.push(Op::PruneNameHistory { parent, name: name.clone(), seq, gap: false });
+            } else if dead {
+                ops.push(Op::PruneNameHistory { parent, name: name.clone(), seq, gap: true });
+            }
+            previous = Some((parent, name, gap));
+            if ops.len() >= PRUNE_OPS_PER_RECORD {
+                self.mutate(std::mem::take(&mut ops))?;
+            }
+        }
+        if !ops.is_empty() {
+            self.mutate(ops)?;
+        }
+        Ok(())
     }
 
     /// The generations of one file's log that its policy drops.
@@ -439,12 +529,26 @@ impl Store {
         let mut log = self.log(ino)?;
         log.reverse(); // newest first
         let times: Vec<Timestamp> = log.iter().map(|e| e.manifest.committed).collect();
-        let mut keep = keep_set(&policy, &times, now);
+        let mut keep = keep_set(&policy, &times, now, inode.nlink > 0);
+        // Until which sequence number each inode of the chain had a name (snapshots after
+        // that do not show it); unknown: for ever.
+        let mut named_until: HashMap<Ino, u64> = HashMap::new();
+        for e in &log {
+            if let std::collections::hash_map::Entry::Vacant(slot) = named_until.entry(e.owner) {
+                let lost = match self.inode(e.owner)?.nlink {
+                    0 => self.index.last_name(e.owner)?.map(|(_, seq)| seq),
+                    _ => None,
+                };
+                slot.insert(lost.unwrap_or(u64::MAX));
+            }
+        }
         let mut must: BTreeSet<usize> = BTreeSet::new();
         for (i, e) in log.iter().enumerate() {
             let current = e.owner == ino && e.gen == inode.gen && inode.nlink > 0;
+            let until = named_until.get(&e.owner).copied().unwrap_or(u64::MAX);
             let in_snapshot = snapshot_seqs.iter().any(|s| {
                 e.manifest.seq <= *s
+                    && *s < until
                     && log[..i].iter().all(|newer| newer.manifest.seq > *s || newer.owner != e.owner)
             });
             if current || pinned.contains(&(e.owner, e.gen)) || in_snapshot {
@@ -559,9 +663,16 @@ mod tests {
         ];
         times.extend((1..6).map(|d| Timestamp { secs: now.secs - d * DAY_SECS, nanos: 0 }));
         let last2 = Retention { keep_last: Some(2), ..Default::default() };
-        assert_eq!(keep_set(&last2, &times, now), BTreeSet::from([0, 1]));
+        assert_eq!(keep_set(&last2, &times, now, true), BTreeSet::from([0, 1]));
         let daily3 = Retention { keep_daily: Some(3), ..Default::default() };
-        assert_eq!(keep_set(&daily3, &times, now), BTreeSet::from([0, 3, 4]));
+        assert_eq!(keep_set(&daily3, &times, now, true), BTreeSet::from([0, 3, 4]));
+        // Deleted: keep-last keeps nothing; keep-daily=3 keeps today, yesterday and the day
+        // before (the newest of each), not the 3 newest days that have a generation.
+        assert_eq!(keep_set(&last2, &times, now, false), BTreeSet::new());
+        assert_eq!(keep_set(&daily3, &times, now, false), BTreeSet::from([0, 3, 4]));
+        let later = Timestamp { secs: now.secs + 2 * DAY_SECS, nanos: 0 };
+        assert_eq!(keep_set(&daily3, &times, later, true), BTreeSet::from([0, 3, 4]));
+        assert_eq!(keep_set(&daily3, &times, later, false), BTreeSet::from([0]));
         assert_eq!(year_month(0), (1970, 1));
         assert_eq!(year_month(31), (1970, 2));
     }
