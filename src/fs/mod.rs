@@ -429,8 +429,8 @@ impl Core {
         let handle = self.handles.remove(fh)?;
         let writer = handle.writer().is_some();
         self.nodes.close(handle.nodeid, writer);
-        self.views.close(handle.nodeid);
         if !writer {
+            self.views.close(handle.nodeid); // views are read-only
             return None;
         }
         let file = self.files.leave(handle.ino)?;

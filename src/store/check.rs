@@ -279,10 +279,11 @@ impl Store {
                 )),
                 // A deleted file's current generation may go by retention (gc then removes
                 // the inode once its last generation is gone).
-                None if inode.gen != 0 && inode.nlink > 0 => {
+                None if inode.nlink == 0 => {}
+                None if inode.gen != 0 => {
                     r.problems.push(format!("file {ino}: current generation {} is missing", inode.gen))
                 }
-                None if inode.size != 0 && inode.nlink > 0 => {
+                None if inode.size != 0 => {
                     r.problems.push(format!("file {ino}: no generation, size {}", inode.size))
                 }
                 _ => {}

@@ -89,6 +89,13 @@ fn history_key(parent: Ino, name: &[u8], seq: u64) -> Vec<u8> {
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
+/// (parent, name, seq) of a `history_key`.
+fn parse_history_key(k: &[u8]) -> (Ino, Vec<u8>, u64) {
+    let parent = Ino::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]));
+    let len = k[9] as usize;
+    let seq = u64::from_be_bytes(k[10 + len..].try_into().unwrap_or([0; 8]));
+    (parent, k[10..10 + len].to_vec(), seq)
+}
 fn time_key(t: Timestamp) -> Vec<u8> {
     key(b't', &[&(t.secs.max(0) as u64).to_be_bytes()])
 }
@@ -361,10 +368,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([b'h']) {
             let (k, v) = item.map_err(|e| sled_err("history", e))?;
-            let parent = Ino::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]));
-            let len = k[9] as usize;
-            let name = k[10..10 + len].to_vec();
-            let seq = u64::from_be_bytes(k[10 + len..].try_into().unwrap_or([0; 8]));
+            let (parent, name, seq) = parse_history_key(&k);
             out.push((parent, name, seq, decode(&v, "history")?));
         }
         Ok(out)
@@ -377,9 +381,7 @@ impl Index {
         let mut current: Option<(Vec<u8>, NameTarget)> = None;
         for item in self.tree.scan_prefix(prefix) {
             let (k, v) = item.map_err(|e| sled_err("history", e))?;
-            let len = k[9] as usize;
-            let name = k[10..10 + len].to_vec();
-            let entry_seq = u64::from_be_bytes(k[10 + len..].try_into().unwrap_or([0; 8]));
+            let (_, name, entry_seq) = parse_history_key(&k);
             if current.as_ref().is_some_and(|(n, _)| *n != name) {
                 if let Some((n, Some((ino, kind)))) = current.take() {
                     out.push((n, ino, kind));
@@ -477,9 +479,10 @@ fn apply_op(tx: &TransactionalTree, record: &Record, op: &Op) -> TxResult<()> {
         }
         Op::PruneNameHistory { parent, name, seq, gap } => {
             let k = history_key(*parent, name, *seq);
-            match gap {
-                true => tx.insert(k, encode(&None::<(Ino, Kind)>)).map(|_| ())?,
-                false => tx.remove(k).map(|_| ())?,
+            if *gap {
+                tx.insert(k, encode(&None::<(Ino, Kind)>))?;
+            } else {
+                tx.remove(k)?;
             }
         }
         Op::DelInode { ino, xattrs } => {

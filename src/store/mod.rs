@@ -365,7 +365,6 @@ impl Store {
         self.index.readdir(dir, after, limit)
     }
 
-    /// The directory that contains `dir` (the root is its own parent).
     /// The directory holding `ino`'s first name; for an inode without names, the directory
     /// its last name was removed from (retention is inherited from there); else the root.
     pub fn parent_of(&self, ino: Ino) -> StoreResult<Ino> {
