@@ -1,6 +1,6 @@
 //! G1 close-to-open, G2 isolation, G3 atomic commit, and cooperating writers under fcntl locks.
 
-use crate::util::{seed, sh, Mounted, Rng};
+use crate::util::{fcntl_lock, seed, sh, Mounted, Rng};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -185,14 +185,7 @@ fn lock_helper_process() {
 }
 
 fn set_lock(f: &File, typ: i32, wait: bool) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a zeroed flock is a valid whole-file lock request once type and whence are set.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = typ as i16;
-    fl.l_whence = libc::SEEK_SET as i16;
-    let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
-    // SAFETY: valid descriptor and flock pointer.
-    unsafe { libc::fcntl(f.as_raw_fd(), cmd, &fl) == 0 }
+    fcntl_lock(f, if wait { libc::F_SETLKW } else { libc::F_SETLK }, typ, 0, 0)
 }
 
 /// Under the lock: read the counter, write counter + 1.

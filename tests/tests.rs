@@ -4,6 +4,7 @@ mod consistency;
 mod daemon;
 mod durability;
 mod full_disk;
+mod identity;
 mod load;
 mod packaging;
 mod posix;

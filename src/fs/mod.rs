@@ -2,8 +2,11 @@
 //! caching live in `nodes`, open handles and shared drafts in `handles`, record locks in `locks`.
 //!
 //! Threading rule (fuse-mechanics §2.4): request threads never send kernel notifications. Work
-//! that must invalidate kernel entries (every commit) runs on a commit worker that owns the
-//! reply: it commits durably, sends `inval_entry` for every name of the file, then replies.
+//! that must invalidate kernel entries (every commit, a writable open) runs on a commit worker
+//! that owns the reply: it commits durably, sends `inval_entry` for every name of the file, then
+//! replies. Replies that wait only for other nodes' attributes to be invalidated (a chmod, link,
+//! unlink or rename of a file with several nodes) go to a pool of their own: a commit worker can
+//! wait in `inval_entry` for a directory lock that such a request holds.
 
 mod attr;
 mod handles;
@@ -25,7 +28,7 @@ use fuser::{
 };
 use handles::{Handle, HandleKind, Handles, OpenFiles, Writer};
 use locks::{Lock, Locks};
-use nodes::{Nodes, Redirect};
+use nodes::{FileNode, Nodes, Redirect};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -37,6 +40,7 @@ use std::time::{Duration, SystemTime};
 /// Kernel entry and attribute cache lifetime. Long, because genfs invalidates what changes.
 const CACHE_TTL: Duration = Duration::from_secs(3600);
 const COMMIT_WORKERS: usize = 8;
+const ATTR_WORKERS: usize = 2;
 const WRITE_BYTES_MAX: u32 = 1 << 20;
 /// Namespace changes become durable within this interval even without an fsync.
 const NAMESPACE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,6 +62,7 @@ pub struct Core {
     notifier: OnceLock<Notifier>,
     stopping: AtomicBool,
     views: Views,
+    view_ids: nodes::ViewIds,
     mounted_at: Timestamp,
     /// Report of the last gc run (`user.genfs.gc`).
     last_gc: parking_lot::Mutex<Vec<u8>>,
@@ -69,6 +74,10 @@ pub struct Core {
 pub struct GenFs {
     core: Arc<Core>,
     jobs: Option<Sender<Job>>,
+    /// Replies that wait only for attribute invalidations: a pool of their own, because commit
+    /// workers can wait for a directory's lock (inval_entry) that the request behind such a
+    /// reply holds (a rename, unlink or link).
+    attr_jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -104,28 +113,26 @@ impl GenFs {
             notifier: OnceLock::new(),
             stopping: AtomicBool::new(false),
             views: Views::default(),
+            view_ids: Default::default(),
             mounted_at: Timestamp::now(),
             last_gc: parking_lot::Mutex::new(Vec::new()),
             gc_fence: parking_lot::RwLock::new(()),
         });
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let mut threads = Vec::new();
-        for i in 0..COMMIT_WORKERS {
-            let (core, rx) = (core.clone(), rx.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("genfs-commit-{i}"))
-                .spawn(move || worker_loop(&core, &rx));
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => tracing::error!("cannot start commit worker: {e}"),
-            }
-        }
+        let jobs = spawn_workers(&core, "genfs-commit", COMMIT_WORKERS, &mut threads);
+        let attr_jobs = spawn_workers(&core, "genfs-attrs", ATTR_WORKERS, &mut threads);
         let sync_core = core.clone();
         match std::thread::Builder::new().name("genfs-sync".into()).spawn(move || sync_loop(&sync_core)) {
             Ok(t) => threads.push(t),
             Err(e) => tracing::error!("cannot start sync thread: {e}"),
         }
-        GenFs { core, jobs: Some(tx), threads }
+        let lock_core = core.clone();
+        let watcher = move || lock_core.locks.watch(&lock_core.stopping);
+        match std::thread::Builder::new().name("genfs-locks".into()).spawn(watcher) {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!("cannot start the lock waiters' watcher: {e}"),
+        }
+        GenFs { core, jobs: Some(jobs), attr_jobs: Some(attr_jobs), threads }
     }
 
     /// Where the session's notifier goes once the session exists (before requests run).
@@ -134,9 +141,13 @@ impl GenFs {
     }
 
     fn submit(&self, job: impl FnOnce(&Core) + Send + 'static) {
-        match &self.jobs {
+        self.submit_to(&self.jobs, Box::new(job));
+    }
+
+    fn submit_to(&self, jobs: &Option<Sender<Job>>, job: Job) {
+        match jobs {
             Some(tx) => {
-                if let Err(e) = tx.send(Box::new(job)) {
+                if let Err(e) = tx.send(job) {
                     // Workers are gone (shutting down); run inline rather than drop the reply.
                     (e.into_inner())(&self.core);
                 }
@@ -145,10 +156,27 @@ impl GenFs {
         }
     }
 
+    /// Runs `finish` once the kernel has dropped the cached attributes of `stale` nodes: on a
+    /// worker if there are any (request threads never notify), here if not.
+    fn after_invalidating(&self, stale: Option<Vec<u64>>, finish: impl FnOnce(&Core) + Send + 'static) {
+        match stale {
+            None => finish(&self.core),
+            Some(nodes) => self.submit_to(
+                &self.attr_jobs,
+                Box::new(move |c: &Core| {
+                    c.invalidate_attrs(&nodes);
+                    finish(c)
+                }),
+            ),
+        }
+    }
+
     /// Stops the workers and makes everything durable (unmount).
     pub fn shutdown(&mut self) {
         self.core.stopping.store(true, Ordering::SeqCst);
+        self.core.locks.wake();
         self.jobs = None;
+        self.attr_jobs = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -168,39 +196,51 @@ impl Core {
     }
 
     /// Entry attributes for a name that resolved to `ino`, looked up by thread `tid`; counts
-    /// one lookup of its node.
-    fn entry_attr(&self, ino: Ino, inode: &Inode, tid: u32) -> StoreResult<FileAttr> {
+    /// one lookup of its node. (fuser takes the entry's node id from `attr.ino`.)
+    fn entry_attr(&self, ino: Ino, inode: Inode, tid: u32) -> StoreResult<FileAttr> {
         if inode.kind != Kind::File {
-            return Ok(to_attr(ino, inode, inode.size, inode.mtime));
+            return Ok(to_attr(ino, &inode, inode.size, inode.mtime));
         }
-        let manifest = Arc::new(self.store.generation(ino, inode.gen)?);
-        let nodeid = self.nodes.lookup(ino, inode.gen, tid, manifest);
-        Ok(to_attr(nodeid, inode, inode.size, inode.mtime))
+        let manifest = || self.store.generation(ino, inode.gen).map(Arc::new);
+        let nodeid = self.nodes.lookup(ino, inode.gen, tid, manifest)?;
+        let node = self.nodes.get(nodeid).ok_or(StoreError::Stale)?;
+        Ok(self.file_node_attr(&node, inode, nodeid))
     }
 
+    /// Attributes of a node as GETATTR and SETATTR answer them: st_ino is the store inode
+    /// number whatever the node.
     fn node_attr(&self, nodeid: u64) -> StoreResult<FileAttr> {
-        if !Nodes::is_file_node(nodeid) {
+        let Some(node) = self.nodes.get(nodeid) else {
+            if nodes::is_secondary(nodeid) {
+                return Err(StoreError::Stale);
+            }
             let inode = self.store.inode(nodeid)?;
             return Ok(to_attr(nodeid, &inode, inode.size, inode.mtime));
-        }
-        let node = self.nodes.get(nodeid).ok_or(StoreError::Stale)?;
+        };
         let inode = self.store.inode(node.ino)?;
+        Ok(self.file_node_attr(&node, inode, node.ino))
+    }
+
+    /// What a file node shows under `id` (its node id in an entry, st_ino elsewhere): size and
+    /// mtime of its generation, or for the writer node of the shared draft. Every reply that
+    /// carries a size sets the kernel inode's i_size, so a writer node's must never go below
+    /// the draft's: pages the writers have mapped past it would fault with SIGBUS.
+    fn file_node_attr(&self, node: &FileNode, mut inode: Inode, id: u64) -> FileAttr {
         if node.tainted {
             if let Some(file) = self.files.get(node.ino) {
                 let slot = file.slot.lock();
                 if !slot.draft.dirty {
-                    return Ok(to_attr(nodeid, &inode, slot.draft.size, inode.mtime));
+                    return to_attr(id, &inode, slot.draft.size, inode.mtime);
                 }
                 // A change of the data changes the status too.
-                let mut inode = inode;
                 inode.ctime = inode.ctime.max(slot.draft.mtime);
-                return Ok(to_attr(nodeid, &inode, slot.draft.size, slot.draft.mtime));
+                return to_attr(id, &inode, slot.draft.size, slot.draft.mtime);
             }
         }
         if node.gen == inode.gen || node.tainted {
-            return Ok(to_attr(nodeid, &inode, inode.size, inode.mtime));
+            return to_attr(id, &inode, inode.size, inode.mtime);
         }
-        Ok(to_attr(nodeid, &inode, node.manifest.size, node.manifest.mtime))
+        to_attr(id, &inode, node.manifest.size, node.manifest.mtime)
     }
 
     /// The store inode behind a node (for a view: the inode it shows).
@@ -212,7 +252,7 @@ impl Core {
                 View::Fixed(_) => Err(StoreError::NoAttribute),
             };
         }
-        if Nodes::is_file_node(nodeid) {
+        if nodes::is_secondary(nodeid) {
             return self.nodes.get(nodeid).map(|n| n.ino).ok_or(StoreError::Stale);
         }
         Ok(nodeid)
@@ -232,7 +272,7 @@ impl Core {
         if views::is_fixed(nodeid.0) || self.views.get(nodeid.0).is_some() {
             return Err(StoreError::ReadOnly);
         }
-        if Nodes::is_file_node(nodeid.0) {
+        if nodes::is_secondary(nodeid.0) {
             return Err(StoreError::NotDir);
         }
         Ok(nodeid.0)
@@ -246,7 +286,14 @@ impl Core {
         Ok(())
     }
 
-    /// Invalidates every name of `ino` in the kernel. Workers only.
+    /// Invalidates every name of `ino` in the kernel, and the attributes of all its nodes (a
+    /// commit changed them). Workers only.
+    fn invalidate_file(&self, ino: Ino) {
+        self.invalidate_names(ino);
+        self.invalidate_attrs(&self.nodes.nodes_of(ino));
+    }
+
+    /// Invalidates every name of `ino`, so the next path walk looks it up. Workers only.
     fn invalidate_names(&self, ino: Ino) {
         let Some(notifier) = self.notifier.get() else { return };
         match self.store.names_of(ino) {
@@ -261,6 +308,32 @@ impl Core {
         }
     }
 
+    /// Makes the kernel ask for the attributes of these nodes again. Workers only: the kernel
+    /// looks the inode up, which can wait for its eviction, which can wait for a READ that
+    /// only a request thread can answer.
+    fn invalidate_attrs(&self, nodes: &[u64]) {
+        let Some(notifier) = self.notifier.get() else { return };
+        for &node in nodes {
+            if let Err(e) = notifier.inval_inode(INodeNo(node), -1, 0) {
+                tracing::debug!("inval_inode({node:#x}): {e}");
+            }
+        }
+    }
+
+    /// The nodes of `ino` whose cached attributes a change leaves stale: all of them but
+    /// `updated`, the one the kernel updates itself from the reply. None when that is the only
+    /// one, so the common case (one node per file) needs no worker.
+    fn stale_nodes(&self, ino: Ino, updated: Option<u64>) -> Option<Vec<u64>> {
+        let mut nodes = self.nodes.nodes_of(ino);
+        match updated {
+            Some(u) => nodes.retain(|&n| n != u),
+            // The kernel updates the node of the dentry it changed; others are stale.
+            None if nodes.len() <= 1 => nodes.clear(),
+            None => {}
+        }
+        (!nodes.is_empty()).then_some(nodes)
+    }
+
     fn make(
         &self,
         req: &Request,
@@ -269,7 +342,7 @@ impl Core {
         node: NewNode,
     ) -> StoreResult<(Ino, FileAttr)> {
         let (ino, inode) = self.make_inode(req, parent, name, node)?;
-        Ok((ino, self.entry_attr(ino, &inode, req.pid())?))
+        Ok((ino, self.entry_attr(ino, inode, req.pid())?))
     }
 
     /// Creates the inode, owned by the caller (BSD group semantics in setgid directories).
@@ -318,7 +391,7 @@ impl Core {
             *w.superseded.lock() = Some(inode.gen);
         }
         drop(slot);
-        self.invalidate_names(handle.ino);
+        self.invalidate_file(handle.ino);
         Ok(())
     }
 
@@ -338,7 +411,7 @@ impl Core {
             draft.truncate(size, self.store.chunks())?;
             self.store.commit(&mut draft)?;
         }
-        self.invalidate_names(ino);
+        self.invalidate_file(ino);
         Ok(())
     }
 
@@ -382,9 +455,6 @@ impl Core {
             let fh = self.handles.insert(Handle { nodeid, ino, kind: HandleKind::Reader(manifest) });
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
-        if !Nodes::is_file_node(nodeid) {
-            return Err(Errno::EISDIR);
-        }
         if flags.acc_mode() == OpenAccMode::O_RDONLY {
             let node = self.nodes.open_reader(nodeid, req.pid()).map_err(|Redirect| {
                 tracing::debug!("read-only open of node {nodeid:#x} by {} redirected", req.pid());
@@ -427,6 +497,7 @@ impl Core {
     /// changes that arrived after the last commit (mmap writeback).
     fn release_handle(&self, fh: u64) -> Option<Arc<handles::OpenFile>> {
         let handle = self.handles.remove(fh)?;
+        self.locks.release_handle(self.lock_key(handle.nodeid, handle.ino), fh);
         let writer = handle.writer().is_some();
         self.nodes.close(handle.nodeid, writer);
         if !writer {
@@ -441,12 +512,69 @@ impl Core {
         pending.then_some(file)
     }
 
+    /// What locks on a node are keyed by: the file, whichever node it is opened through; a
+    /// view's file is a file of its own.
+    fn lock_key(&self, nodeid: u64, ino: Ino) -> u64 {
+        if self.views.get(nodeid).is_some() {
+            nodeid
+        } else {
+            ino
+        }
+    }
+
+    /// LOOKUP of "." or ".." on a node: the kernel decoding a file handle whose inode it has
+    /// dropped (`open_by_handle_at`, NFS export). "." is the node itself, bound to the file's
+    /// current generation if it was forgotten; ".." is a directory's parent.
+    fn lookup_handle(&self, nodeid: u64, dotdot: bool) -> StoreResult<FileAttr> {
+        if views::is_fixed(nodeid) || self.views.get(nodeid).is_some() {
+            return Err(StoreError::Stale);
+        }
+        let ino = nodes::file_of(nodeid);
+        let inode = self.store.inode(ino).map_err(|_| StoreError::Stale)?;
+        if dotdot {
+            if inode.kind != Kind::Dir {
+                return Err(StoreError::NotDir);
+            }
+            let parent = if ino == ROOT_INO { ROOT_INO } else { self.store.parent_of(ino)? };
+            let dir = self.store.inode(parent)?;
+            return Ok(to_attr(parent, &dir, dir.size, dir.mtime));
+        }
+        if inode.nlink == 0 {
+            return Err(StoreError::Stale);
+        }
+        if inode.kind != Kind::File {
+            return Ok(to_attr(ino, &inode, inode.size, inode.mtime));
+        }
+        let manifest = || self.store.generation(ino, inode.gen).map(Arc::new);
+        let nodeid = self.nodes.rebind(nodeid, inode.gen, manifest)?;
+        let node = self.nodes.get(nodeid).ok_or(StoreError::Stale)?;
+        Ok(self.file_node_attr(&node, inode, nodeid))
+    }
+
     fn xattr_get(&self, nodeid: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
         if name.starts_with(XATTR_PREFIX) {
             return self.version_attr(nodeid, name);
         }
         self.store.xattr(self.ino_of(nodeid)?, name)
     }
+}
+
+/// Starts `count` threads named `name-N` that run jobs until the sender is dropped.
+fn spawn_workers(
+    core: &Arc<Core>,
+    name: &str,
+    count: usize,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> Sender<Job> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    for i in 0..count {
+        let (core, rx) = (core.clone(), rx.clone());
+        match std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || worker_loop(&core, &rx)) {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!("cannot start worker {name}-{i}: {e}"),
+        }
+    }
+    tx
 }
 
 fn worker_loop(core: &Core, jobs: &Receiver<Job>) {
@@ -501,10 +629,28 @@ fn reply_entry(reply: ReplyEntry, result: StoreResult<FileAttr>) {
     reply_entry_for(reply, result, CACHE_TTL)
 }
 
-/// An entry the kernel keeps for `entry_ttl`; its attributes for CACHE_TTL.
+/// An entry the kernel keeps for `entry_ttl`; its attributes for CACHE_TTL, except a
+/// secondary file node's, whose entry carries its node id where st_ino belongs (fuser sends
+/// `attr.ino` as both): those expire at once, so the kernel asks GETATTR, which carries the
+/// store inode number.
 fn reply_entry_for(reply: ReplyEntry, result: StoreResult<FileAttr>, entry_ttl: Duration) {
     match result {
-        Ok(attr) => reply.entry_with_ttls(&CACHE_TTL, &entry_ttl, &attr, Generation(0)),
+        Ok(attr) => reply.entry_with_ttls(&attr_ttl(attr.ino.0), &entry_ttl, &attr, Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn attr_ttl(nodeid: u64) -> Duration {
+    if nodes::is_secondary(nodeid) {
+        Duration::ZERO
+    } else {
+        CACHE_TTL
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, result: StoreResult<FileAttr>) {
+    match result {
+        Ok(attr) => reply.attr(&CACHE_TTL, &attr),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -530,7 +676,11 @@ impl Filesystem for GenFs {
         for cap in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_POSIX_LOCKS,
+            // flock goes to the daemon too: a file's descriptors sit on several kernel inodes.
+            InitFlags::FUSE_FLOCK_LOCKS,
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            // LOOKUP of "." and "..": file handles stay valid after the kernel drops an inode.
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 tracing::warn!("kernel lacks {missing:?}");
@@ -558,19 +708,21 @@ impl Filesystem for GenFs {
         if parent.0 == ROOT_INO && name == crate::versions::VIEWS_DIR {
             return reply_entry(reply, c.view_attr(views::GENFS_DIR, &View::Fixed(views::GENFS_DIR)));
         }
+        if name == b"." || name == b".." {
+            // Path walks never send these; the kernel does when it decodes a file handle.
+            return reply_entry(reply, c.lookup_handle(parent.0, name == b".."));
+        }
         reply_entry(
             reply,
             c.dir_ino(parent)
                 .and_then(|p| c.store.lookup(p, name))
-                .and_then(|(ino, inode)| c.entry_attr(ino, &inode, req.pid())),
+                .and_then(|(ino, inode)| c.entry_attr(ino, inode, req.pid())),
         );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if Nodes::is_file_node(ino.0) {
-            self.core.nodes.forget(ino.0, nlookup);
-            self.core.views.forget(ino.0, nlookup);
-        }
+        self.core.nodes.forget(ino.0, nlookup);
+        self.core.views.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -580,10 +732,7 @@ impl Filesystem for GenFs {
                 Err(e) => reply.error(errno(&e)),
             };
         }
-        match self.core.node_attr(ino.0) {
-            Ok(attr) => reply.attr(&CACHE_TTL, &attr),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_attr(reply, self.core.node_attr(ino.0))
     }
 
     fn setattr(
@@ -632,34 +781,29 @@ impl Filesystem for GenFs {
                 file.slot.lock().draft.mtime = t;
             }
         }
+        // Every name and descriptor of the file shows the change when this returns.
+        let stale = if has_attr_change { c.stale_nodes(ino, Some(nodeid.0)) } else { None };
+        let nodeid = nodeid.0;
         let Some(size) = size else {
-            return match c.node_attr(nodeid.0) {
-                Ok(attr) => reply.attr(&CACHE_TTL, &attr),
-                Err(e) => reply.error(errno(&e)),
-            };
+            return self.after_invalidating(stale, move |c| reply_attr(reply, c.node_attr(nodeid)));
         };
-        if !Nodes::is_file_node(nodeid.0) {
+        if c.nodes.get(nodeid).is_none() {
             return reply.error(Errno::EISDIR);
         }
         let writer = fh
             .and_then(|fh| c.handles.get(fh.0))
             .filter(|h| h.writer().is_some())
-            .or_else(|| c.handles.writer_opened_by(nodeid.0, req.pid()));
+            .or_else(|| c.handles.writer_opened_by(nodeid, req.pid()));
         if let Some(handle) = writer {
             // With a handle it is ftruncate; without, the O_TRUNC of the caller's own open. Either
             // way it changes the draft, and the handle's next close commits it.
-            let result =
-                truncate_draft(c, &handle, size, fh.is_none(), req.pid()).and_then(|_| c.node_attr(nodeid.0));
-            return match result {
-                Ok(attr) => reply.attr(&CACHE_TTL, &attr),
-                Err(e) => reply.error(errno(&e)),
-            };
+            let truncated = truncate_draft(c, &handle, size, fh.is_none(), req.pid());
+            let stale = c.stale_nodes(ino, Some(nodeid));
+            return self.after_invalidating(stale, move |c| {
+                reply_attr(reply, truncated.and_then(|_| c.node_attr(nodeid)))
+            });
         }
-        let nodeid = nodeid.0;
-        self.submit(move |c| match c.truncate_path(ino, size).and_then(|_| c.node_attr(nodeid)) {
-            Ok(attr) => reply.attr(&CACHE_TTL, &attr),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.submit(move |c| reply_attr(reply, c.truncate_path(ino, size).and_then(|_| c.node_attr(nodeid))));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -707,7 +851,11 @@ impl Filesystem for GenFs {
             Core::check_name(p, name)?;
             c.store.unlink(p, name)
         });
-        reply_empty(reply, result.map(|_| ()));
+        match result {
+            // Other descriptors and names of the file show its new link count at once.
+            Ok(victim) => self.after_invalidating(c.stale_nodes(victim, None), |_| reply.ok()),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -746,13 +894,32 @@ impl Filesystem for GenFs {
             return reply.error(Errno::EINVAL);
         };
         let c = &self.core;
+        let (name, newname) = (name.as_bytes(), newname.as_bytes());
         let result = c.dir_ino(parent).and_then(|p1| {
             let p2 = c.dir_ino(newparent)?;
-            Core::check_name(p1, name.as_bytes())?;
-            Core::check_name(p2, newname.as_bytes())?;
-            c.store.rename(p1, name.as_bytes(), p2, newname.as_bytes(), mode).map(|_| ())
+            Core::check_name(p1, name)?;
+            Core::check_name(p2, newname)?;
+            // The files whose ctime (and for the one replaced, link count) the rename changes.
+            let moved = c.store.lookup(p1, name).map(|(ino, _)| ino)?;
+            let exchanged = match mode {
+                RenameMode::Exchange => c.store.lookup(p2, newname).ok().map(|(ino, _)| ino),
+                _ => None,
+            };
+            let replaced = c.store.rename(p1, name, p2, newname, mode)?;
+            Ok([Some(moved), exchanged.or(replaced)])
         });
-        reply_empty(reply, result);
+        match result {
+            Ok(changed) => {
+                let stale: Vec<u64> = changed
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|ino| c.stale_nodes(ino, None))
+                    .flatten()
+                    .collect();
+                self.after_invalidating((!stale.is_empty()).then_some(stale), |_| reply.ok())
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -761,18 +928,30 @@ impl Filesystem for GenFs {
             let parent = c.dir_ino(newparent)?;
             Core::check_name(parent, newname.as_bytes())?;
             let inode = c.store.link(ino, parent, newname.as_bytes())?;
-            c.entry_attr(ino, &inode, req.pid())
+            Ok((ino, c.entry_attr(ino, inode, req.pid())?))
         });
-        reply_entry(reply, result);
+        match result {
+            // Every other node of the file shows the new link count and ctime at once.
+            Ok((ino, attr)) => self.after_invalidating(c.stale_nodes(ino, Some(attr.ino.0)), move |_| {
+                reply_entry(reply, Ok(attr))
+            }),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.core.open_file(req, ino.0, flags) {
             Ok((fh, open_flags)) => {
                 if open_flags.contains(FopenFlags::FOPEN_DIRECT_IO) {
-                    // The node is now the writers' own: send later path walks to a fresh one.
+                    // The node is the writers' now: later path walks go to a reader node, so
+                    // a path lookup shows the committed generation, whoever wins the race
+                    // (OPEN holds no directory lock, so the worker's inval_entry cannot wait
+                    // for this request).
                     let ino = self.core.ino_of(ino.0).unwrap_or(0);
-                    self.submit(move |c| c.invalidate_names(ino));
+                    return self.submit(move |c| {
+                        c.invalidate_names(ino);
+                        reply.opened(FileHandle(fh), open_flags)
+                    });
                 }
                 reply.opened(FileHandle(fh), open_flags)
             }
@@ -820,7 +999,7 @@ impl Filesystem for GenFs {
             return reply.error(Errno::EBADF);
         };
         // close() drops the closing process's record locks on the file.
-        self.core.locks.release_owner(handle.ino, lock_owner.0);
+        self.core.locks.release_owner(self.core.lock_key(handle.nodeid, handle.ino), lock_owner.0);
         // Only a changer's close commits (handles.rs, Changers); the rest wait for it, or for
         // the release of the last descriptor.
         let commits = handle.writer().is_some_and(|w| w.changers.lock().include(lock_owner.0, req.pid()));
@@ -850,7 +1029,7 @@ impl Filesystem for GenFs {
             match c.store.commit(&mut slot.draft) {
                 Ok(_) => {
                     drop(slot);
-                    c.invalidate_names(file.ino);
+                    c.invalidate_file(file.ino);
                 }
                 Err(e) => tracing::error!("commit at release of inode {} failed: {e}", file.ino),
             }
@@ -1030,12 +1209,18 @@ impl Filesystem for GenFs {
             Ok(made) => made,
             Err(e) => return reply.error(errno(&e)),
         };
-        // The creator writes it: a node of its own, which no lookup hands out (nodes.rs).
-        let nodeid = c.nodes.created(ino, Arc::new(crate::store::records::Manifest::empty()));
+        // A creator that writes gets the file's writer node at once (nodes.rs).
+        let writable = OpenFlags(flags).acc_mode() != OpenAccMode::O_RDONLY;
+        let nodeid = match c.nodes.created(ino, writable) {
+            Ok(id) => id,
+            Err(e) => return reply.error(errno(&e)),
+        };
         let attr = to_attr(nodeid, &inode, 0, inode.mtime);
         match c.open_file(req, nodeid, OpenFlags(flags)) {
+            // A new file's first node is its primary one (node id = st_ino), so the entry and
+            // its attributes can be cached alike (fuser's create reply has one TTL for both).
             Ok((fh, open_flags)) => {
-                reply.created(&CACHE_TTL, &attr, Generation(0), FileHandle(fh), open_flags)
+                reply.created(&attr_ttl(nodeid), &attr, Generation(0), FileHandle(fh), open_flags)
             }
             Err(e) => {
                 tracing::error!("open of new file inode {ino} failed: {e:?}");
@@ -1058,7 +1243,7 @@ impl Filesystem for GenFs {
     ) {
         let c = &self.core;
         let file = match c.ino_of(ino.0) {
-            Ok(i) => i,
+            Ok(i) => c.lock_key(ino.0, i),
             Err(e) => return reply.error(errno(&e)),
         };
         let want = Lock { owner: lock_owner.0, pid, start, end, typ };
@@ -1070,9 +1255,9 @@ impl Filesystem for GenFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -1082,8 +1267,12 @@ impl Filesystem for GenFs {
         reply: ReplyEmpty,
     ) {
         let c = &self.core;
+        let lock = Lock { owner: lock_owner.0, pid, start, end, typ };
         match c.ino_of(ino.0) {
-            Ok(file) => c.locks.set(file, Lock { owner: lock_owner.0, pid, start, end, typ }, sleep, reply),
+            Ok(file) => {
+                let request = locks::Request { lock, fh: fh.0, tid: req.pid() };
+                c.locks.set(c.lock_key(ino.0, file), request, sleep, reply)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

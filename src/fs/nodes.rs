@@ -1,54 +1,139 @@
-//! Node ids: what the kernel's inodes (and their page caches) are keyed by.
+//! Node ids: what the kernel keys its inodes by, and with them its page caches, attribute
+//! caches and shared mappings (docs/design.md, "One file, one identity").
 //!
-//! Directories, symlinks and special files use their store inode number as node id. A regular
-//! file gets one node id per (file, generation), never reused, numbered from
-//! [`FILE_NODE_BASE`]: a generation's bytes never change, so its cached pages stay valid
-//! (`FOPEN_KEEP_CACHE`) and a lookup after a commit gets a fresh node.
+//! A file is one identity to programs: every attribute reply carries its store inode number as
+//! st_ino, and the daemon keeps its locks and its shared draft. But a file may have several
+//! kernel inodes (*nodes*) at once, because a page cache must never mix generations (G2):
+//! - **reader nodes**: one per generation being read. A lookup of the current generation returns
+//!   its public node; a generation's bytes never change, so its cached pages stay valid
+//!   (`FOPEN_KEEP_CACHE`) and readers of an old generation keep theirs after a commit.
+//! - **one writer node**: every writable handle of the file sits on it while any is open, so
+//!   writers share one address space (`MAP_SHARED` is coherent among them, mapped pages and
+//!   `write(2)` go through one page cache) and readers never see a writer's i_size or pages.
 //!
-//! Readers and writers never share a node. The kernel inode of a node is shared by everyone
-//! who opens it, and a writer moves that inode's i_size (direct-I/O writes, O_TRUNC), which a
-//! reader of the same inode would see (fuse-mechanics §3.2). An open that would mix them fails
-//! with ESTALE; the kernel then walks the path again with `LOOKUP_REVAL` and retries once:
-//! - a writable open of a node that has readers, or of a node reserved for a reader, is refused;
-//! - a node once opened for writing is *tainted*: it leaves the lookup table and refuses
-//!   read-only opens; its attributes show the writers' draft;
-//! - the refused thread's lookups of that file then return a node reserved for its role, made
-//!   for it and in no lookup table: a writer's is tainted from birth, a reader's refuses writers
-//!   for life. Another thread can still reach it through the dentry, but only in a role it
-//!   accepts, so it stays good for the retry. The retry always reaches it: under
-//!   `LOOKUP_REVAL` the kernel revalidates every dentry the walk meets by asking us, even one
-//!   another thread's lookup filled in, and takes a dentry only when our answer names its node.
-//!   A new file's node comes straight from create, opened by its creator.
+//! Routing: an open that would mix roles fails with ESTALE; the kernel walks the path again
+//! with `LOOKUP_REVAL` and retries once, and the refused thread's lookups of that file (keyed by
+//! file and `Request::pid`) return a node for its role: the writer node (made if there is none
+//! yet), or a reader node reserved for it that refuses writers for life. Under `LOOKUP_REVAL`
+//! the kernel revalidates every dentry the walk meets by asking us, so the retry opens only the
+//! node our answer names. A node once opened for writing is *tainted*: it leaves the lookup
+//! table and refuses readers. A writable open of a node without readers makes it the writer
+//! node when the file has no active one, so a lone writer costs no retry.
 //!
-//! A writer without readers keeps the node its lookup returned, so `fstat` of its descriptor
-//! and `stat` of the path agree on st_ino (vim and secure-open idioms compare them).
+//! Node ids are a function of (file, slot). Slot 0, the *primary* node, uses the inode number
+//! itself, so that in the common case of one node per file entry replies (which fuser 0.18 sends
+//! with st_ino = node id) already carry the right st_ino. Other slots are
+//! `FILE_NODE_BASE | ino << SLOT_BITS | slot`; their entry replies say "attributes expire at
+//! once", so the kernel asks GETATTR, whose reply carries the store inode number. A slot is
+//! reused only after the kernel forgot its node, which is what lets a file handle
+//! (`name_to_handle_at`) name its file for the file's life: a LOOKUP of "." on a forgotten node
+//! id binds that slot to the file's current generation again.
 //!
-//! Kernel contract: every entry reply adds one lookup; FORGET subtracts; a node is dropped
-//! when it has no lookups and no open handles.
+//! Kernel contract: every entry reply adds one lookup; FORGET subtracts; a node is dropped when
+//! it has no lookups and no open handles (the kernel has then evicted its inode).
 
 use crate::store::records::{Ino, Manifest};
+use crate::store::{StoreError, StoreResult};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Node ids of non-primary file nodes start here; view nodes start at `1 << 63`.
 pub const FILE_NODE_BASE: u64 = 1 << 62;
+const SLOT_BITS: u32 = 20;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// Inode numbers above this cannot have more than their primary node.
+const INO_MAX: u64 = (1 << (62 - SLOT_BITS)) - 1;
+const VIEW_NODE_BASE: u64 = 1 << 63;
+const _: () = assert!(INO_MAX < FILE_NODE_BASE && FILE_NODE_BASE < VIEW_NODE_BASE);
 
+/// The node id of `slot` of file `ino`.
+fn node_id(ino: Ino, slot: u32) -> u64 {
+    if slot == 0 {
+        ino
+    } else {
+        FILE_NODE_BASE | ino << SLOT_BITS | slot as u64
+    }
+}
+
+/// (file, slot) a node id names if it is a file node; ids below `FILE_NODE_BASE` are primary
+/// nodes of files or the nodes of directories and other inodes, which use their inode number.
+fn slot_of(nodeid: u64) -> (Ino, u32) {
+    if (FILE_NODE_BASE..VIEW_NODE_BASE).contains(&nodeid) {
+        ((nodeid - FILE_NODE_BASE) >> SLOT_BITS, (nodeid & SLOT_MASK) as u32)
+    } else {
+        (nodeid, 0)
+    }
+}
+
+/// The inode a file node id names (for a primary node, or anything below `FILE_NODE_BASE`:
+/// the id itself).
+pub fn file_of(nodeid: u64) -> Ino {
+    slot_of(nodeid).0
+}
+
+/// Whether `nodeid` can only be a (non-primary) file node.
+pub fn is_secondary(nodeid: u64) -> bool {
+    (FILE_NODE_BASE..VIEW_NODE_BASE).contains(&nodeid)
+}
+
+/// What a node shows: a generation of a file.
 #[derive(Clone)]
 pub struct FileNode {
     pub ino: Ino,
     pub gen: u64,
     pub manifest: Arc<Manifest>,
+    /// Opened for writing once: its attributes show the writers' draft.
     pub tainted: bool,
 }
 
 struct Node {
-    file: FileNode,
+    gen: u64,
+    manifest: Arc<Manifest>,
     lookups: u64,
     readers: u32,
     writers: u32,
+    tainted: bool,
     /// Made for a refused reader's retry: refuses writers.
     readers_only: bool,
+}
+
+impl Node {
+    fn new(gen: u64, manifest: Arc<Manifest>) -> Node {
+        Node { gen, manifest, lookups: 1, readers: 0, writers: 0, tainted: false, readers_only: false }
+    }
+
+    fn unused(&self) -> bool {
+        self.lookups == 0 && self.readers == 0 && self.writers == 0
+    }
+}
+
+/// The nodes of one file.
+#[derive(Default)]
+struct FileNodes {
+    nodes: BTreeMap<u32, Node>,
+    /// The public reader node of each generation looked up.
+    current: HashMap<u64, u32>,
+    /// The writer node, while it lives.
+    writer: Option<u32>,
+}
+
+impl FileNodes {
+    fn free_slot(&self) -> Option<u32> {
+        if !self.nodes.contains_key(&0) {
+            return Some(0);
+        }
+        // Slots are dense from 1 in practice; the first gap is free.
+        let mut want = 1u32;
+        for &slot in self.nodes.keys().filter(|&&s| s > 0) {
+            if slot != want {
+                break;
+            }
+            want += 1;
+        }
+        (want as u64 <= SLOT_MASK).then_some(want)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,10 +143,11 @@ enum Role {
 }
 
 /// A thread refused an open and sent back to look the name up again: its lookups of that file
-/// get `node`, reserved for `role` (made on the first of them), until it opens it.
+/// get a node for `role` until it opens one.
 struct Redirected {
     role: Role,
-    node: Option<u64>,
+    /// The reader node reserved for it (made on its first lookup).
+    node: Option<u32>,
     since: Instant,
 }
 
@@ -71,15 +157,13 @@ const REDIRECT_LIFETIME: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Inner {
-    nodes: HashMap<u64, Node>,
-    /// The node a lookup of (file, generation) returns, while there is one.
-    current: HashMap<(Ino, u64), u64>,
+    files: HashMap<Ino, FileNodes>,
     /// Keyed by (file, thread), not generation: a rename-over renumbers generations between
     /// the refused open and its retry.
     redirected: HashMap<(Ino, u32), Redirected>,
-    next: u64,
 }
 
+#[derive(Default)]
 pub struct Nodes {
     inner: Mutex<Inner>,
 }
@@ -88,175 +172,335 @@ pub struct Nodes {
 #[derive(Debug)]
 pub struct Redirect;
 
-impl Default for Nodes {
-    fn default() -> Self {
-        Nodes { inner: Mutex::new(Inner { next: FILE_NODE_BASE, ..Default::default() }) }
-    }
+fn exhausted(ino: Ino) -> StoreError {
+    let cause = std::io::Error::from_raw_os_error(libc::ENFILE);
+    StoreError::io(format!("inode {ino}: no free kernel node id (too many generations open at once)"), cause)
 }
 
 impl Nodes {
-    pub fn is_file_node(nodeid: u64) -> bool {
-        nodeid >= FILE_NODE_BASE
-    }
-
-    /// A node for a file the caller just created and opens for writing: private at once.
-    pub fn created(&self, ino: Ino, manifest: Arc<Manifest>) -> u64 {
-        self.inner.lock().insert(ino, 0, manifest)
-    }
-
-    /// The node a lookup of this generation by thread `tid` returns; counts one lookup.
-    pub fn lookup(&self, ino: Ino, gen: u64, tid: u32, manifest: Arc<Manifest>) -> u64 {
+    /// The node of a file the caller just created and is opening: the writer node if it opens
+    /// for writing, else the public node of the empty generation.
+    pub fn created(&self, ino: Ino, writable: bool) -> StoreResult<u64> {
         let mut inner = self.inner.lock();
-        inner.redirected.retain(|_, r| r.since.elapsed() < REDIRECT_LIFETIME);
-        if let Some(r) = inner.redirected.get(&(ino, tid)) {
-            let role = r.role;
-            // Only a node of the generation asked for: a commit in between makes a new one.
-            let reserved = r.node.filter(|id| inner.nodes.get(id).is_some_and(|n| n.file.gen == gen));
-            if let Some(id) = reserved {
-                inner.bump(id);
-                return id;
+        let file = inner.files.entry(ino).or_default();
+        let slot = insert(file, ino, 0, Arc::new(Manifest::empty()))?;
+        if writable {
+            if let Some(node) = file.nodes.get_mut(&slot) {
+                node.tainted = true;
             }
-            let id = inner.insert(ino, gen, manifest);
-            if let Some(node) = inner.nodes.get_mut(&id) {
-                node.file.tainted = role == Role::Writer;
-                node.readers_only = role == Role::Reader;
-            }
-            if let Some(r) = inner.redirected.get_mut(&(ino, tid)) {
-                r.node = Some(id);
-            }
-            return id;
+            file.writer = Some(slot);
+        } else {
+            file.current.insert(0, slot);
         }
-        if let Some(&id) = inner.current.get(&(ino, gen)) {
-            if inner.nodes.contains_key(&id) {
-                inner.bump(id);
-                return id;
+        Ok(node_id(ino, slot))
+    }
+
+    /// The node a lookup of generation `gen` by thread `tid` returns; counts one lookup.
+    /// `manifest` is read only when a node has to be made.
+    pub fn lookup(
+        &self,
+        ino: Ino,
+        gen: u64,
+        tid: u32,
+        manifest: impl FnOnce() -> StoreResult<Arc<Manifest>>,
+    ) -> StoreResult<u64> {
+        let mut inner = self.inner.lock();
+        let Inner { files, redirected } = &mut *inner;
+        redirected.retain(|_, r| r.since.elapsed() < REDIRECT_LIFETIME);
+        let file = files.entry(ino).or_default();
+        let slot = match redirected.get_mut(&(ino, tid)) {
+            Some(r) if r.role == Role::Writer => match file.writer {
+                Some(w) => {
+                    r.node = Some(w);
+                    bump(file, w)
+                }
+                None => {
+                    let w = insert(file, ino, gen, manifest()?)?;
+                    if let Some(node) = file.nodes.get_mut(&w) {
+                        node.tainted = true;
+                    }
+                    file.writer = Some(w);
+                    r.node = Some(w);
+                    w
+                }
+            },
+            Some(r) => {
+                // Only a node of the generation asked for: a commit in between makes a new one.
+                match r.node.filter(|s| file.nodes.get(s).is_some_and(|n| n.gen == gen)) {
+                    Some(reserved) => bump(file, reserved),
+                    None => {
+                        let reserved = insert(file, ino, gen, manifest()?)?;
+                        if let Some(node) = file.nodes.get_mut(&reserved) {
+                            node.readers_only = true;
+                        }
+                        r.node = Some(reserved);
+                        reserved
+                    }
+                }
+            }
+            None => match file.current.get(&gen).copied() {
+                Some(c) => bump(file, c),
+                None => {
+                    let c = insert(file, ino, gen, manifest()?)?;
+                    file.current.insert(gen, c);
+                    c
+                }
+            },
+        };
+        Ok(node_id(ino, slot))
+    }
+
+    /// A LOOKUP of "." on `nodeid` (a file handle whose node the kernel dropped): the node
+    /// again, bound to generation `gen` if it was forgotten here too; counts one lookup.
+    pub fn rebind(
+        &self,
+        nodeid: u64,
+        gen: u64,
+        manifest: impl FnOnce() -> StoreResult<Arc<Manifest>>,
+    ) -> StoreResult<u64> {
+        let (ino, slot) = slot_of(nodeid);
+        let mut inner = self.inner.lock();
+        let file = inner.files.entry(ino).or_default();
+        match file.nodes.entry(slot) {
+            std::collections::btree_map::Entry::Occupied(mut node) => node.get_mut().lookups += 1,
+            std::collections::btree_map::Entry::Vacant(free) => {
+                free.insert(Node::new(gen, manifest()?));
+                file.current.entry(gen).or_insert(slot);
             }
         }
-        let id = inner.insert(ino, gen, manifest);
-        inner.current.insert((ino, gen), id);
-        id
+        Ok(nodeid)
     }
 
     pub fn get(&self, nodeid: u64) -> Option<FileNode> {
-        self.inner.lock().nodes.get(&nodeid).map(|n| n.file.clone())
+        let (ino, slot) = slot_of(nodeid);
+        let inner = self.inner.lock();
+        let node = inner.files.get(&ino)?.nodes.get(&slot)?;
+        Some(FileNode { ino, gen: node.gen, manifest: node.manifest.clone(), tainted: node.tainted })
     }
 
     pub fn forget(&self, nodeid: u64, count: u64) {
-        let mut inner = self.inner.lock();
-        if let Some(node) = inner.nodes.get_mut(&nodeid) {
-            node.lookups = node.lookups.saturating_sub(count);
-        }
-        inner.drop_if_unused(nodeid);
+        self.update(nodeid, |node| node.lookups = node.lookups.saturating_sub(count));
     }
 
     pub fn open_reader(&self, nodeid: u64, tid: u32) -> Result<FileNode, Redirect> {
+        let (ino, slot) = slot_of(nodeid);
         let mut inner = self.inner.lock();
-        let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
-        let ino = node.file.ino;
-        if node.file.tainted {
-            return Err(inner.redirect(ino, tid, Role::Reader));
+        let Inner { files, redirected } = &mut *inner;
+        let node = files.get_mut(&ino).and_then(|f| f.nodes.get_mut(&slot)).ok_or(Redirect)?;
+        if node.tainted {
+            return Err(redirect(redirected, ino, tid, Role::Reader));
         }
         node.readers += 1;
-        let file = node.file.clone();
-        inner.redirected.remove(&(ino, tid));
-        Ok(file)
+        let opened = FileNode { ino, gen: node.gen, manifest: node.manifest.clone(), tainted: false };
+        redirected.remove(&(ino, tid));
+        Ok(opened)
     }
 
     pub fn open_writer(&self, nodeid: u64, tid: u32) -> Result<FileNode, Redirect> {
+        let (ino, slot) = slot_of(nodeid);
         let mut inner = self.inner.lock();
-        let node = inner.nodes.get_mut(&nodeid).ok_or(Redirect)?;
-        let (ino, gen) = (node.file.ino, node.file.gen);
-        if node.readers > 0 || node.readers_only {
-            return Err(inner.redirect(ino, tid, Role::Writer));
+        let Inner { files, redirected } = &mut *inner;
+        let file = files.get_mut(&ino).ok_or(Redirect)?;
+        // The writer node stays the writers' while one has it open or a redirected thread is
+        // on its way to it; otherwise any node without readers may take over.
+        let active_writer = file.writer.filter(|&w| {
+            file.nodes.get(&w).is_some_and(|n| n.writers > 0)
+                || redirected
+                    .iter()
+                    .any(|(&(i, _), r)| i == ino && r.role == Role::Writer && r.node == Some(w))
+        });
+        let node = file.nodes.get_mut(&slot).ok_or(Redirect)?;
+        let joins = match active_writer {
+            Some(w) => w == slot,
+            None => node.readers == 0 && !node.readers_only,
+        };
+        if !joins {
+            return Err(redirect(redirected, ino, tid, Role::Writer));
         }
         node.writers += 1;
-        node.file.tainted = true;
-        let file = node.file.clone();
-        if inner.current.get(&(ino, gen)) == Some(&nodeid) {
-            inner.current.remove(&(ino, gen));
-        }
-        inner.redirected.remove(&(ino, tid));
-        Ok(file)
-    }
-
-    /// A fresh node id from the same never-reused counter (for view nodes).
-    pub fn alloc_id(&self) -> u64 {
-        let mut inner = self.inner.lock();
-        let id = inner.next;
-        inner.next += 1;
-        id
+        node.tainted = true;
+        let opened = FileNode { ino, gen: node.gen, manifest: node.manifest.clone(), tainted: true };
+        file.writer = Some(slot);
+        file.current.retain(|_, s| *s != slot);
+        redirected.remove(&(ino, tid));
+        Ok(opened)
     }
 
     /// (file, generation) of every node the kernel or a handle still uses (gc keeps them).
     pub fn pinned(&self) -> Vec<(Ino, u64)> {
-        self.inner.lock().nodes.values().map(|n| (n.file.ino, n.file.gen)).collect()
+        let inner = self.inner.lock();
+        inner.files.iter().flat_map(|(ino, f)| f.nodes.values().map(|n| (*ino, n.gen))).collect()
     }
 
     pub fn close(&self, nodeid: u64, writer: bool) {
-        let mut inner = self.inner.lock();
-        if let Some(node) = inner.nodes.get_mut(&nodeid) {
+        self.update(nodeid, |node| {
             if writer {
                 node.writers = node.writers.saturating_sub(1);
             } else {
                 node.readers = node.readers.saturating_sub(1);
             }
-        }
-        inner.drop_if_unused(nodeid);
+        });
     }
 
     /// Node ids the kernel may hold for `ino` (for invalidations).
     pub fn nodes_of(&self, ino: Ino) -> Vec<u64> {
         let inner = self.inner.lock();
-        inner.nodes.iter().filter(|(_, n)| n.file.ino == ino).map(|(id, _)| *id).collect()
-    }
-
-    /// The node a lookup would return right now, if any (readdir's d_ino).
-    pub fn peek(&self, ino: Ino, gen: u64) -> Option<u64> {
-        self.inner.lock().current.get(&(ino, gen)).copied()
+        inner.files.get(&ino).map(|f| f.nodes.keys().map(|&s| node_id(ino, s)).collect()).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().nodes.len()
+        self.inner.lock().files.values().map(|f| f.nodes.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Changes one node's counts, then drops it (and its file's entry) if nothing uses it.
+    fn update(&self, nodeid: u64, change: impl FnOnce(&mut Node)) {
+        let (ino, slot) = slot_of(nodeid);
+        let mut inner = self.inner.lock();
+        let Inner { files, redirected } = &mut *inner;
+        let Some(file) = files.get_mut(&ino) else { return };
+        let Some(node) = file.nodes.get_mut(&slot) else { return };
+        change(node);
+        if !node.unused() {
+            return;
+        }
+        // Nothing may name the slot any more: it can be given to another node at once.
+        file.nodes.remove(&slot);
+        file.current.retain(|_, s| *s != slot);
+        if file.writer == Some(slot) {
+            file.writer = None;
+        }
+        for (_, r) in redirected.iter_mut().filter(|((i, _), r)| *i == ino && r.node == Some(slot)) {
+            r.node = None;
+        }
+        if file.nodes.is_empty() {
+            files.remove(&ino);
+        }
+    }
 }
 
-impl Inner {
-    fn insert(&mut self, ino: Ino, gen: u64, manifest: Arc<Manifest>) -> u64 {
-        let id = self.next;
-        self.next += 1;
-        let file = FileNode { ino, gen, manifest, tainted: false };
-        self.nodes.insert(id, Node { file, lookups: 1, readers: 0, writers: 0, readers_only: false });
-        id
+/// Refuses `tid`'s open; its retry's lookups of `ino` get a node for `role`.
+fn redirect(redirected: &mut HashMap<(Ino, u32), Redirected>, ino: Ino, tid: u32, role: Role) -> Redirect {
+    redirected.insert((ino, tid), Redirected { role, node: None, since: Instant::now() });
+    tracing::debug!("open of file {ino} by thread {tid} as {role:?} refused: retry on a node for its role");
+    Redirect
+}
+
+/// A new node of generation `gen` in the file's first free slot, with one lookup.
+fn insert(file: &mut FileNodes, ino: Ino, gen: u64, manifest: Arc<Manifest>) -> StoreResult<u32> {
+    let slot = file.free_slot().filter(|&s| s == 0 || ino <= INO_MAX).ok_or_else(|| exhausted(ino))?;
+    file.nodes.insert(slot, Node::new(gen, manifest));
+    Ok(slot)
+}
+
+fn bump(file: &mut FileNodes, slot: u32) -> u32 {
+    if let Some(node) = file.nodes.get_mut(&slot) {
+        node.lookups += 1;
+    }
+    slot
+}
+
+/// Node ids for views (`/.genfs/...`), from a range no file or directory uses.
+pub struct ViewIds(std::sync::atomic::AtomicU64);
+
+impl Default for ViewIds {
+    fn default() -> Self {
+        ViewIds(std::sync::atomic::AtomicU64::new(VIEW_NODE_BASE))
+    }
+}
+
+impl ViewIds {
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> StoreResult<Arc<Manifest>> {
+        Ok(Arc::new(Manifest::empty()))
     }
 
-    /// Refuses `tid`'s open; its retry's lookups of `ino` get a node reserved for `role`.
-    fn redirect(&mut self, ino: Ino, tid: u32, role: Role) -> Redirect {
-        let since = Instant::now();
-        self.redirected.insert((ino, tid), Redirected { role, node: None, since });
-        tracing::debug!("open of file {ino} by thread {tid} as {role:?} refused: retry on a reserved node");
-        Redirect
+    #[test]
+    fn the_first_node_of_a_file_is_its_inode_number_and_slots_are_reused_after_forget() {
+        let nodes = Nodes::default();
+        let a = nodes.lookup(7, 1, 100, empty).unwrap();
+        assert_eq!(a, 7);
+        assert_eq!(nodes.lookup(7, 1, 101, empty).unwrap(), 7, "one public node per generation");
+        let b = nodes.lookup(7, 2, 100, empty).unwrap();
+        assert!(is_secondary(b));
+        assert_eq!(slot_of(b), (7, 1));
+        nodes.forget(b, 1);
+        assert_eq!(nodes.lookup(7, 3, 100, empty).unwrap(), b, "slot 1 is free again");
+        nodes.forget(a, 2);
+        assert!(nodes.get(a).is_none());
     }
 
-    fn bump(&mut self, id: u64) {
-        if let Some(node) = self.nodes.get_mut(&id) {
-            node.lookups += 1;
-        }
+    #[test]
+    fn all_writers_share_one_node_and_readers_never_join_it() {
+        let nodes = Nodes::default();
+        let public = nodes.lookup(9, 1, 1, empty).unwrap();
+        nodes.open_reader(public, 1).unwrap();
+        // A writer cannot share the readers' node: it is sent to the writer node.
+        assert!(nodes.open_writer(public, 2).is_err());
+        let w = nodes.lookup(9, 1, 2, empty).unwrap();
+        assert_ne!(w, public);
+        nodes.open_writer(w, 2).unwrap();
+        // A second writer, which looked up the public node, joins the same writer node.
+        assert!(nodes.open_writer(public, 3).is_err());
+        assert_eq!(nodes.lookup(9, 1, 3, empty).unwrap(), w);
+        nodes.open_writer(w, 3).unwrap();
+        // A reader reaching the writer node is sent to a node of its own.
+        assert!(nodes.open_reader(w, 4).is_err());
+        let r = nodes.lookup(9, 1, 4, empty).unwrap();
+        assert!(r != w && r != public);
+        nodes.open_reader(r, 4).unwrap();
+        assert!(nodes.open_writer(r, 5).is_err(), "a reserved reader node refuses writers");
     }
 
-    fn drop_if_unused(&mut self, nodeid: u64) {
-        let unused =
-            matches!(self.nodes.get(&nodeid), Some(n) if n.lookups == 0 && n.readers == 0 && n.writers == 0);
-        if unused {
-            if let Some(node) = self.nodes.remove(&nodeid) {
-                let key = (node.file.ino, node.file.gen);
-                if self.current.get(&key) == Some(&nodeid) {
-                    self.current.remove(&key);
-                }
-            }
-        }
+    #[test]
+    fn a_lone_writer_takes_the_node_it_looked_up() {
+        let nodes = Nodes::default();
+        let n = nodes.lookup(3, 1, 1, empty).unwrap();
+        assert!(nodes.open_writer(n, 1).unwrap().tainted);
+        nodes.close(n, true);
+        // The next lookup of the committed generation gets a fresh public node.
+        let fresh = nodes.lookup(3, 2, 1, empty).unwrap();
+        assert_ne!(fresh, n);
+        // The old writer node has no writers: a new writer may take the public node.
+        nodes.open_writer(fresh, 1).unwrap();
+    }
+
+    #[test]
+    fn a_reserved_slot_given_to_another_node_is_not_handed_to_the_redirected_thread() {
+        let nodes = Nodes::default();
+        let n = nodes.lookup(9, 1, 1, empty).unwrap();
+        nodes.open_writer(n, 1).unwrap();
+        assert!(nodes.open_reader(n, 2).is_err());
+        let reserved = nodes.lookup(9, 1, 2, empty).unwrap();
+        // The kernel drops that entry (a revalidation named another node) before the retry...
+        nodes.forget(reserved, 1);
+        nodes.close(n, true);
+        // ...and the freed slot becomes another thread's writer node.
+        let other = nodes.lookup(9, 1, 3, empty).unwrap();
+        assert_eq!(other, reserved, "the slot is reused");
+        nodes.open_writer(other, 3).unwrap();
+        let retry = nodes.lookup(9, 1, 2, empty).unwrap();
+        assert_ne!(retry, other);
+        nodes.open_reader(retry, 2).expect("the retry reaches a reader's node");
+    }
+
+    #[test]
+    fn a_handle_lookup_rebinds_a_forgotten_slot_to_the_current_generation() {
+        let nodes = Nodes::default();
+        let id = node_id(5, 3);
+        assert_eq!(nodes.rebind(id, 4, empty).unwrap(), id);
+        assert_eq!(nodes.get(id).map(|n| (n.ino, n.gen)), Some((5, 4)));
+        assert_eq!(nodes.lookup(5, 4, 1, empty).unwrap(), id, "it became the public node");
     }
 }

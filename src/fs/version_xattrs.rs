@@ -91,7 +91,7 @@ impl GenFs {
                     }
                     Ok(Some(Box::new(move |c: &Core| {
                         c.store.restore(ino, gen)?;
-                        c.invalidate_names(ino);
+                        c.invalidate_file(ino);
                         Ok(())
                     })))
                 }

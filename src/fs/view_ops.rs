@@ -62,7 +62,7 @@ impl Core {
     }
 
     fn view_node(&self, view: View) -> StoreResult<FileAttr> {
-        let nodeid = self.views.lookup(view.clone(), || self.nodes.alloc_id());
+        let nodeid = self.views.lookup(view.clone(), || self.view_ids.next());
         self.view_attr(nodeid, &view)
     }
 

@@ -278,6 +278,14 @@ impl Index {
         }
     }
 
+    /// The readdir cookie of an entry.
+    pub fn cookie(&self, parent: Ino, name: &[u8]) -> StoreResult<Option<u64>> {
+        match self.get(&dirent_key(parent, name))? {
+            Some(v) => Ok(Some(decode::<DirentValue>(&v, "dirent")?.cookie)),
+            None => Ok(None),
+        }
+    }
+
     /// Entries of `parent` with cookie greater than `after`, in cookie order, at most `limit`.
     pub fn readdir(&self, parent: Ino, after: u64, limit: usize) -> StoreResult<Vec<DirEntry>> {
         let start = cookie_key(parent, after.saturating_add(1));

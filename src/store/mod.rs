@@ -405,8 +405,7 @@ impl Store {
         }
         let now = Timestamp::now();
         let inode = new_inode(node, now);
-        let cookie = dir.next_cookie;
-        dir.next_cookie += 1;
+        let cookie = take_cookie(&mut dir);
         dir.mtime = now;
         dir.ctime = now;
         if node.kind == Kind::Dir {
@@ -486,8 +485,7 @@ impl Store {
         let now = Timestamp::now();
         inode.nlink += 1;
         inode.ctime = now;
-        let cookie = dir.next_cookie;
-        dir.next_cookie += 1;
+        let cookie = take_cookie(&mut dir);
         dir.mtime = now;
         dir.ctime = now;
         self.mutate(vec![
@@ -533,8 +531,9 @@ impl Store {
                 if d == src {
                     return Ok(None);
                 }
-                let c1 = take_cookie(&mut dir1, &mut dir2, p1 == p2, true);
-                let c2 = take_cookie(&mut dir1, &mut dir2, p1 == p2, false);
+                // Both names keep their places in readdir order; only the inodes swap.
+                let c1 = self.index.cookie(p1, n1)?.ok_or(StoreError::NotFound)?;
+                let c2 = self.index.cookie(p2, n2)?.ok_or(StoreError::NotFound)?;
                 ops.push(Op::PutDirent {
                     parent: p1,
                     name: n1.to_vec(),
@@ -587,7 +586,17 @@ impl Store {
                     ops.push(Op::PutInode { ino: d, inode: d_inode });
                     replaced = Some(d);
                 }
-                let cookie = take_cookie(&mut dir1, &mut dir2, p1 == p2, false);
+                // Names keep their places in readdir order, so a listing that runs while files
+                // are renamed neither repeats nor skips a name that exists throughout: a name
+                // that was there keeps its cookie, and a rename within a directory moves the
+                // entry's cookie to its new name (xfstests generic/736 renames every entry it
+                // reads away and back).
+                let kept = if replaced.is_some() { self.index.cookie(p2, n2)? } else { None };
+                let cookie = match kept {
+                    Some(kept) => kept,
+                    None if p1 == p2 => self.index.cookie(p1, n1)?.ok_or(StoreError::NotFound)?,
+                    None => take_cookie(&mut dir2),
+                };
                 ops.insert(0, Op::DelDirent { parent: p1, name: n1.to_vec() });
                 ops.insert(
                     1,
@@ -762,15 +771,8 @@ impl Drop for Store {
     }
 }
 
-/// Allocates a readdir cookie in the source (`first`) or target directory image.
-fn take_cookie(dir1: &mut Inode, dir2: &mut Inode, same: bool, first: bool) -> u64 {
-    if same {
-        let c = dir1.next_cookie.max(dir2.next_cookie);
-        dir1.next_cookie = c + 1;
-        dir2.next_cookie = c + 1;
-        return c;
-    }
-    let dir = if first { dir1 } else { dir2 };
+/// Allocates a new readdir cookie in a directory.
+fn take_cookie(dir: &mut Inode) -> u64 {
     let c = dir.next_cookie;
     dir.next_cookie += 1;
     c

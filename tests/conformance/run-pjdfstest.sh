@@ -16,6 +16,8 @@
 #   PJD_TIMEOUT   seconds allowed for each pjdfstest invocation (default: 1800)
 #   PJD_EROFS     1 (default): also run the 13 read-only-remount tests in a second
 #                 invocation; 0: leave them skipped
+#   PJD_NAPTIME   seconds pjdfstest sleeps before checking that a time changed (default: the
+#                 config's); 0 asks that metadata be coherent at once
 #   PJD_KEEP      1: keep the temporary store (and its genfs.log) after the run
 #   extra arguments after STORE_PARENT_DIR are passed to pjdfstest as test-name filters
 #
@@ -38,6 +40,7 @@ threshold=${PJD_THRESHOLD:-0.95}
 timeout_s=${PJD_TIMEOUT:-1800}
 run_erofs=${PJD_EROFS:-1}
 config=$here/pjdfstest.toml
+naptime=${PJD_NAPTIME:-}
 
 log() { printf 'run-pjdfstest: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -80,6 +83,11 @@ trap 'exit 130' INT TERM
 
 log "genfs: $genfs"
 log "pjdfstest: $pjd ($("$pjd" --version 2>/dev/null | head -n1 || echo unknown version))"
+if [ -n "$naptime" ]; then
+    sed "s/^naptime *=.*/naptime = $naptime/" "$here/pjdfstest.toml" >"$work/pjdfstest.toml"
+    config=$work/pjdfstest.toml
+    log "naptime $naptime"
+fi
 "$genfs" mkfs "$store" >/dev/null
 "$genfs" mount "$store" "$mnt" -o allow_other
 is_mounted "$mnt" || die "genfs mount on $mnt did not appear in /proc/mounts"

@@ -267,3 +267,16 @@ pub fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// fcntl(cmd) of a lock of `typ` on [start, start + len) (len 0: to the end of the file).
+pub fn fcntl_lock(f: &std::fs::File, cmd: i32, typ: i32, start: i64, len: i64) -> bool {
+    // SAFETY: a zeroed flock is a valid request once its fields are set (l_pid 0, as OFD
+    // locks require).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: valid descriptor and flock pointer.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), cmd, &fl) == 0 }
+}
