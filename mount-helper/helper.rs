@@ -125,8 +125,8 @@ pub fn translate(helper: Helper, args: &[OsString]) -> Result<Option<Vec<OsStrin
                 return Ok(None);
             }
             out.push("mount".into());
-            out.push(m.get_one::<String>("store").expect("required").into());
-            out.push(m.get_one::<String>("mountpoint").expect("required").into());
+            out.push(required(&m, "store")?.into());
+            out.push(required(&m, "mountpoint")?.into());
             let mut opts: Vec<String> =
                 m.get_many::<String>("options").into_iter().flatten().cloned().collect();
             if m.get_flag("ro") {
@@ -149,7 +149,7 @@ pub fn translate(helper: Helper, args: &[OsString]) -> Result<Option<Vec<OsStrin
             let m = umount_command().try_get_matches_from(args)?;
             out.push("umount".into());
             out.push("--any".into());
-            out.push(m.get_one::<String>("mountpoint").expect("required").into());
+            out.push(required(&m, "mountpoint")?.into());
             for (flag, long) in [("lazy", "--lazy"), ("force", "--force"), ("verbose", "--verbose")] {
                 if m.get_flag(flag) {
                     out.push(long.into());
@@ -176,6 +176,13 @@ pub fn run(helper: Helper, args: Vec<OsString>) -> ExitCode {
     // exec failed (the binary was replaced or removed meanwhile): run in this process.
     eprintln!("genfs: cannot run {}: {err}; continuing in this process", exe.display());
     super::main_with(argv)
+}
+
+/// A required argument (clap has checked it is there; an error, not a panic, if not).
+fn required<'a>(m: &'a clap::ArgMatches, name: &str) -> Result<&'a String, clap::Error> {
+    m.get_one::<String>(name).ok_or_else(|| {
+        clap::Error::raw(clap::error::ErrorKind::MissingRequiredArgument, format!("missing {name}\n"))
+    })
 }
 
 #[cfg(test)]

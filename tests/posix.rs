@@ -175,8 +175,9 @@ fn fifo_statfs_chmod_and_mmap() {
     use std::os::unix::fs::FileTypeExt;
     assert!(std::fs::metadata(m.path("fifo")).unwrap().file_type().is_fifo());
     let mnt = std::ffi::CString::new(m.mnt.clone().into_os_string().into_encoded_bytes()).unwrap();
-    // SAFETY: valid path and out-pointer.
+    // SAFETY: statvfs is plain data; all zeroes is a valid value of it.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
     assert_eq!(unsafe { libc::statvfs(mnt.as_ptr(), &mut st) }, 0);
     assert!(st.f_blocks > 0 && st.f_namemax == 255);
     let p = m.path("m");

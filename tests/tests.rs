@@ -1,8 +1,11 @@
 //! Integration tests: each mounts a real genfs through /dev/fuse (root needed).
+// A test that cannot go on fails: unwrap and expect are how it says so here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod conformance;
 mod consistency;
 mod daemon;
 mod durability;
+mod format;
 mod full_disk;
 mod identity;
 mod load;

@@ -115,6 +115,8 @@ pub struct Handle {
     pub nodeid: u64,
     pub ino: Ino,
     pub kind: HandleKind,
+    /// Opened by the create that made the file: its close makes the new name durable (G4).
+    pub created: bool,
 }
 
 impl Handle {

@@ -370,17 +370,20 @@ impl Core {
 
     /// Commits the shared draft behind a writable handle. `force`: commit even if the
     /// change came through another handle (fsync).
+    /// A handle of a file its create made syncs the journal even with nothing to commit: the
+    /// new name is durable when its close returns (G4), like a written file's.
     fn commit_handle(&self, handle: &Handle, force: bool) -> StoreResult<()> {
         let Some(w) = handle.writer() else {
             return self.store.sync();
         };
+        let force_sync = force || handle.created;
         let mut slot = w.file.slot.lock();
         if slot.epoch != w.epoch || slot.draft.failed {
             return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
         }
         let changed = std::mem::take(&mut *w.changers.lock()).any();
         if !(changed || force) || !slot.draft.dirty {
-            return if force { self.store.sync() } else { Ok(()) };
+            return if force_sync { self.store.sync() } else { Ok(()) };
         }
         // Shells redirect with open(O_TRUNC), dup2, close, write, close: the first close commits
         // the truncation (close-to-open), and the next commit of this handle replaces it.
@@ -440,7 +443,14 @@ impl Core {
         }
     }
 
-    fn open_file(&self, req: &Request, nodeid: u64, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
+    /// Opens a node for a handle; `created`: by the create that made the file.
+    fn open_file(
+        &self,
+        req: &Request,
+        nodeid: u64,
+        flags: OpenFlags,
+        created: bool,
+    ) -> Result<(u64, FopenFlags), Errno> {
         if let Some(view) = self.views.get(nodeid) {
             let View::File { ino, gen, manifest } = view else { return Err(Errno::EISDIR) };
             if flags.acc_mode() != OpenAccMode::O_RDONLY {
@@ -452,7 +462,12 @@ impl Core {
                 return Err(Errno::ESTALE);
             }
             self.views.open(nodeid);
-            let fh = self.handles.insert(Handle { nodeid, ino, kind: HandleKind::Reader(manifest) });
+            let fh = self.handles.insert(Handle {
+                nodeid,
+                ino,
+                kind: HandleKind::Reader(manifest),
+                created: false,
+            });
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
         if flags.acc_mode() == OpenAccMode::O_RDONLY {
@@ -464,6 +479,7 @@ impl Core {
                 nodeid,
                 ino: node.ino,
                 kind: HandleKind::Reader(node.manifest),
+                created,
             });
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
@@ -489,7 +505,8 @@ impl Core {
             superseded: parking_lot::Mutex::new(None),
             opener_tid: req.pid(),
         };
-        let fh = self.handles.insert(Handle { nodeid, ino: node.ino, kind: HandleKind::Writer(writer) });
+        let fh =
+            self.handles.insert(Handle { nodeid, ino: node.ino, kind: HandleKind::Writer(writer), created });
         Ok((fh, FopenFlags::FOPEN_DIRECT_IO))
     }
 
@@ -940,7 +957,7 @@ impl Filesystem for GenFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open_file(req, ino.0, flags) {
+        match self.core.open_file(req, ino.0, flags, false) {
             Ok((fh, open_flags)) => {
                 if open_flags.contains(FopenFlags::FOPEN_DIRECT_IO) {
                     // The node is the writers' now: later path walks go to a reader node, so
@@ -1004,6 +1021,12 @@ impl Filesystem for GenFs {
         // the release of the last descriptor.
         let commits = handle.writer().is_some_and(|w| w.changers.lock().include(lock_owner.0, req.pid()));
         if !commits {
+            // Not a changer's close: it commits nothing (another process may be halfway
+            // through writing), but the file's name is durable when a close of its creating
+            // handle returns.
+            if handle.created {
+                return self.submit(move |c| reply_empty(reply, c.store.sync()));
+            }
             return reply.ok();
         }
         self.submit(move |c| reply_empty(reply, c.commit_handle(&handle, false)));
@@ -1216,7 +1239,7 @@ impl Filesystem for GenFs {
             Err(e) => return reply.error(errno(&e)),
         };
         let attr = to_attr(nodeid, &inode, 0, inode.mtime);
-        match c.open_file(req, nodeid, OpenFlags(flags)) {
+        match c.open_file(req, nodeid, OpenFlags(flags), true) {
             // A new file's first node is its primary one (node id = st_ino), so the entry and
             // its attributes can be cached alike (fuser's create reply has one TTL for both).
             Ok((fh, open_flags)) => {

@@ -24,6 +24,7 @@ impl Core {
             v::RETENTION => Ok(self.store.retention_of(ino)?.to_string().into_bytes()),
             v::SNAPSHOTS if root => Ok(v::snapshots_text(&self.store.snapshots()?)),
             v::SEQ if root => Ok(self.store.last_seq().to_string().into_bytes()),
+            v::DURABLE_SEQ if root => Ok(self.store.durable_seq().to_string().into_bytes()),
             v::STATS if root => Ok(v::stats_text(&self.store.stats()?)),
             v::GC if root => Ok(self.last_gc.lock().clone()),
             n if file && n.starts_with(v::LOG_BEFORE) => {

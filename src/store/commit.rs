@@ -7,7 +7,9 @@
 //! 4. the record is applied to the index: the generation becomes current.
 //!
 //! A failure in 1–3 fails the commit and the draft (never published later, G5); the previous
-//! generation stays current. Data reaches stable storage before the directory entry that names
+//! generation stays current. A failure in 4, after the record is durable, fails the commit
+//! too: the record is marked abandoned (so a remount does not replay it) and the store turns
+//! read-only, as after a failed journal sync. Data reaches stable storage before the directory entry that names
 //! it, and both before the journal record that points at them.
 
 use super::draft::{Draft, Slot};
@@ -57,6 +59,7 @@ impl Store {
         let _inode_lock = self.lock_inodes(&[draft.ino]);
         let mut inode = self.index.inode(draft.ino)?.ok_or(StoreError::Stale)?;
         let gen = inode.last_gen + 1;
+        invariant!(gen > inode.gen, "inode {}: generation {gen} after {}", draft.ino, inode.gen);
         let now = Timestamp::now();
         inode.gen = gen;
         inode.last_gen = gen;
@@ -76,7 +79,8 @@ impl Store {
             self.journal.applied(record.seq);
             return Err(e);
         }
-        // Past this point the commit is durable and cannot be rolled back.
+        // Past this point the record is durable. If the index update fails, the record is
+        // abandoned (never replayed) and the commit fails: nothing reported failed is published.
         self.apply(&record)?;
         draft.base_gen = gen;
         draft.dirty = false;
@@ -146,6 +150,31 @@ pub(crate) mod sabotage {
         pub(crate) static SKIP_CHUNK_DIR_FSYNC: Cell<bool> = const { Cell::new(false) };
         /// Skip the fdatasync of each chunk's data before it is linked (step 1).
         pub(crate) static SKIP_DATA_FSYNC_BEFORE_JOURNAL: Cell<bool> = const { Cell::new(false) };
+        /// Fail the next index update (after the record is appended, and for a commit, after
+        /// it is durable).
+        pub(crate) static FAIL_INDEX_APPLY: Cell<bool> = const { Cell::new(false) };
+        /// Count journal records durable without their fdatasync (step 3).
+        pub(crate) static SKIP_JOURNAL_SYNC: Cell<bool> = const { Cell::new(false) };
+        /// gc unlinks chunks before the records that dropped their references are durable.
+        pub(crate) static SKIP_GC_JOURNAL_SYNC: Cell<bool> = const { Cell::new(false) };
+        /// A checkpoint records the index durable without fsyncing sled's files.
+        pub(crate) static SKIP_CHECKPOINT_INDEX_SYNC: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(crate) fn skip_journal_sync() -> bool {
+        SKIP_JOURNAL_SYNC.with(Cell::get)
+    }
+
+    pub(crate) fn skip_gc_journal_sync() -> bool {
+        SKIP_GC_JOURNAL_SYNC.with(Cell::get)
+    }
+
+    pub(crate) fn skip_checkpoint_index_sync() -> bool {
+        SKIP_CHECKPOINT_INDEX_SYNC.with(Cell::get)
+    }
+
+    pub(crate) fn fail_index_apply() -> bool {
+        FAIL_INDEX_APPLY.with(|f| f.replace(false))
     }
 
     pub(crate) fn skip_chunk_dir_fsync() -> bool {
@@ -158,7 +187,23 @@ pub(crate) mod sabotage {
 }
 
 #[cfg(not(test))]
-mod sabotage {
+pub(crate) mod sabotage {
+    pub(crate) fn fail_index_apply() -> bool {
+        false
+    }
+
+    pub(crate) fn skip_journal_sync() -> bool {
+        false
+    }
+
+    pub(crate) fn skip_gc_journal_sync() -> bool {
+        false
+    }
+
+    pub(crate) fn skip_checkpoint_index_sync() -> bool {
+        false
+    }
+
     pub(crate) fn skip_chunk_dir_fsync() -> bool {
         false
     }

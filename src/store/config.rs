@@ -56,9 +56,16 @@ impl StoreConfig {
             }
         }
         let format = format.ok_or_else(|| bad("missing or bad `format`"))?;
+        if format > FORMAT_VERSION {
+            return Err(StoreError::NotAStore(format!(
+                "{}: made by a newer genfs (store format {format}; this genfs reads format \
+                 {FORMAT_VERSION}): use that genfs or a newer one",
+                path.display()
+            )));
+        }
         if format != FORMAT_VERSION {
             return Err(StoreError::NotAStore(format!(
-                "{}: store format version {format}, this genfs reads version {FORMAT_VERSION}",
+                "{}: store format {format}, this genfs reads format {FORMAT_VERSION}",
                 path.display()
             )));
         }

@@ -272,6 +272,8 @@ enum Sabotage {
     None,
     SkipChunkDirFsync,
     SkipDataFsync,
+    SkipJournalSync,
+    SkipCheckpointIndexSync,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1149,9 +1151,11 @@ fn explore_many(plan: &Plan) -> (Stats, Duration) {
 }
 
 fn set_sabotage(s: Sabotage) {
-    use super::commit::sabotage::{SKIP_CHUNK_DIR_FSYNC, SKIP_DATA_FSYNC_BEFORE_JOURNAL};
+    use super::commit::sabotage::*;
     SKIP_CHUNK_DIR_FSYNC.with(|c| c.set(s == Sabotage::SkipChunkDirFsync));
     SKIP_DATA_FSYNC_BEFORE_JOURNAL.with(|c| c.set(s == Sabotage::SkipDataFsync));
+    SKIP_JOURNAL_SYNC.with(|c| c.set(s == Sabotage::SkipJournalSync));
+    SKIP_CHECKPOINT_INDEX_SYNC.with(|c| c.set(s == Sabotage::SkipCheckpointIndexSync));
 }
 
 fn report(name: &str, plan: &Plan, stats: &Stats, elapsed: Duration) {
@@ -1282,6 +1286,23 @@ fn sled_writes_its_files_between_checkpoints() {
 /// before its `DropChunk` record is written; the unlinks are either all lost or all kept.
 #[test]
 fn gc_never_unlinks_a_chunk_a_crash_can_bring_back() {
+    for (pick, problems) in gc_crash_states(false) {
+        assert!(problems.is_empty(), "{pick:?}: {problems:#?}");
+    }
+}
+
+/// Canary: a gc that unlinks chunks before the journal sync leaves a crash state whose store
+/// has generations without their chunks.
+#[test]
+fn canary_gc_unlinking_chunks_before_its_journal_sync_is_caught() {
+    let states = gc_crash_states(true);
+    assert!(states.iter().any(|(_, problems)| !problems.is_empty()), "the sabotaged gc was not caught");
+}
+
+/// gc drops two generations of a file and unlinks their chunks; crash states right before its
+/// `DropChunk` record (what was pending all lost, all kept, or a random mix), each with what
+/// fsck found.
+fn gc_crash_states(skip_journal_sync: bool) -> Vec<(Pick, Vec<String>)> {
     let tmp = scratch_dir();
     let path = tmp.path().join("store");
     Store::mkfs(&path, CS, OWNER).unwrap();
@@ -1301,8 +1322,10 @@ fn gc_never_unlinks_a_chunk_a_crash_can_bring_back() {
         files.map(|f| f.unwrap().path().strip_prefix(&path).unwrap().to_path_buf()).collect()
     };
     let before = chunk_files();
-    let report = store.gc(&HashSet::new(), false).unwrap();
-    assert_eq!(report.dropped.len(), 2, "{report:?}");
+    super::commit::sabotage::SKIP_GC_JOURNAL_SYNC.with(|c| c.set(skip_journal_sync));
+    let report = store.gc(&HashSet::new(), false);
+    super::commit::sabotage::SKIP_GC_JOURNAL_SYNC.with(|c| c.set(false));
+    assert_eq!(report.unwrap().dropped.len(), 2);
     let unlinked: Vec<PathBuf> = before.difference(&chunk_files()).cloned().collect();
     assert_eq!(unlinked.len(), 2);
     drop(store);
@@ -1317,16 +1340,22 @@ fn gc_never_unlinks_a_chunk_a_crash_can_bring_back() {
         fs.apply(e);
     }
     let mut rng = Rng::new(1);
-    for pick in [Pick::DropAll, Pick::KeepAll] {
-        let dir = tmp.path().join(format!("{pick:?}"));
+    let mut states = Vec::new();
+    // All lost, all kept, and random mixes of what was pending (journal writes and unlinks).
+    let picks = [Pick::DropAll, Pick::KeepAll].into_iter().chain(std::iter::repeat_n(Pick::Random, 32));
+    for (i, pick) in picks.enumerate() {
+        let dir = tmp.path().join(format!("state{i}"));
         fs.crash_state(pick, &mut rng, false).materialize(&dir, &trace.images, None).unwrap();
-        for chunk in &unlinked {
+        for chunk in unlinked.iter().filter(|_| pick != Pick::Random) {
             assert_eq!(dir.join(chunk).exists(), matches!(pick, Pick::DropAll), "{pick:?}: {chunk:?}");
         }
-        let recovered = open_store(&dir, None).unwrap();
-        let check = recovered.check().unwrap();
-        assert!(check.is_clean(), "{pick:?}: {:#?}", check.problems);
+        let problems = match open_store(&dir, None) {
+            Ok(recovered) => recovered.check().unwrap().problems,
+            Err(e) => vec![format!("open: {e}")],
+        };
+        states.push((pick, problems));
     }
+    states
 }
 
 #[test]
@@ -1365,6 +1394,18 @@ fn canary_skipping_the_chunk_directory_fsync_is_caught() {
 #[test]
 fn canary_skipping_the_chunk_data_fsync_is_caught() {
     canary(Sabotage::SkipDataFsync);
+}
+
+#[test]
+fn canary_skipping_the_journal_fdatasync_is_caught() {
+    canary(Sabotage::SkipJournalSync);
+}
+
+/// The checkpoint order: the index's files are fsynced before the checkpoint marker says
+/// replay may start above it.
+#[test]
+fn canary_a_checkpoint_that_skips_the_index_fsync_is_caught() {
+    canary(Sabotage::SkipCheckpointIndexSync);
 }
 
 #[test]

@@ -90,11 +90,32 @@ fn history_key(parent: Ino, name: &[u8], seq: u64) -> Vec<u8> {
     k
 }
 /// (parent, name, seq) of a `history_key`.
-fn parse_history_key(k: &[u8]) -> (Ino, Vec<u8>, u64) {
-    let parent = Ino::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]));
-    let len = k[9] as usize;
-    let seq = u64::from_be_bytes(k[10 + len..].try_into().unwrap_or([0; 8]));
-    (parent, k[10..10 + len].to_vec(), seq)
+fn parse_history_key(k: &[u8]) -> StoreResult<(Ino, Vec<u8>, u64)> {
+    let parent = be_u64_at(k, 1, "history key")?;
+    let len = *k.get(9).ok_or_else(|| short("history key", k, 10))? as usize;
+    let name = k.get(10..10 + len).ok_or_else(|| short("history key", k, 10 + len))?;
+    let seq = be_u64_at(k, 10 + len, "history key")?;
+    if k.len() != 18 + len {
+        return Err(short("history key", k, 18 + len));
+    }
+    Ok((parent, name.to_vec(), seq))
+}
+
+/// A key or value shorter (or longer) than its layout: the index is damaged.
+fn short(what: &str, bytes: &[u8], want: usize) -> StoreError {
+    StoreError::Corrupted(format!("index {what}: {} bytes, layout needs {want}", bytes.len()))
+}
+
+/// The big-endian u64 at `at` (key fields).
+fn be_u64_at(bytes: &[u8], at: usize, what: &str) -> StoreResult<u64> {
+    let field = bytes.get(at..at + 8).ok_or_else(|| short(what, bytes, at + 8))?;
+    Ok(u64::from_be_bytes(field.try_into().map_err(|_| short(what, bytes, at + 8))?))
+}
+
+/// A value that is exactly one little-endian u64.
+fn le_u64(v: &[u8], what: &str) -> StoreResult<u64> {
+    let bytes: [u8; 8] = v.try_into().map_err(|_| short(what, v, 8))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 fn time_key(t: Timestamp) -> Vec<u8> {
     key(b't', &[&(t.secs.max(0) as u64).to_be_bytes()])
@@ -113,10 +134,13 @@ fn ref_value(count: u64, len: u32) -> [u8; 12] {
     v[8..].copy_from_slice(&len.to_le_bytes());
     v
 }
-fn read_ref(v: &[u8]) -> (u64, u32) {
-    let count = v.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
-    let len = v.get(8..12).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes).unwrap_or(0);
-    (count, len)
+/// A malformed count is an error, never 0: gc unlinks chunks whose count is 0.
+fn read_ref(v: &[u8]) -> StoreResult<(u64, u32)> {
+    let bytes: [u8; 12] = v.try_into().map_err(|_| short("chunk reference", v, 12))?;
+    let (count, len) = bytes.split_at(8);
+    let count = u64::from_le_bytes(count.try_into().map_err(|_| short("chunk reference", v, 12))?);
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| short("chunk reference", v, 12))?);
+    Ok((count, len))
 }
 
 /// A named snapshot.
@@ -126,9 +150,8 @@ pub struct Snapshot {
     pub time: Timestamp,
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Serializing our own plain structs into a Vec cannot fail.
-    postcard::to_stdvec(v).unwrap_or_default()
+fn encode<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(|e| StoreError::Corrupted(format!("cannot encode an index value: {e}")))
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> StoreResult<T> {
@@ -148,6 +171,12 @@ fn tx_abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
 
+impl From<StoreError> for ConflictableTransactionError<StoreError> {
+    fn from(e: StoreError) -> Self {
+        tx_abort(e)
+    }
+}
+
 /// sled's page cache budget. sled counts cached pages at their on-disk size; in memory they
 /// take several times that (measured here: 64 MiB let a 5-minute load run climb past 170 MiB
 /// of RSS; 16 MiB levels off near 120 MiB; sled issue #1309 reports about 10x).
@@ -162,9 +191,10 @@ impl Index {
     /// has a name or lost it before this was recorded.
     pub fn last_name(&self, ino: Ino) -> StoreResult<Option<(Ino, u64)>> {
         let Some(v) = self.xattr(ino, LAST_NAME_XATTR)? else { return Ok(None) };
-        let parent = v.get(..8).and_then(|b| b.try_into().ok()).map(Ino::from_le_bytes);
-        let seq = v.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-        Ok(parent.zip(seq))
+        if v.len() != 16 {
+            return Err(short("last name", &v, 16));
+        }
+        Ok(Some((le_u64(&v[..8], "last name")?, le_u64(&v[8..], "last name")?)))
     }
 
     /// Opens the index; the caller holds the store's lock.
@@ -211,7 +241,10 @@ impl Index {
             }
             // The time index: the last sequence number applied in each second.
             let tk = time_key(record.time);
-            let prev = tx.get(&tk)?.map(|v| read_u64(&v)).unwrap_or(0);
+            let prev = match tx.get(&tk)? {
+                Some(v) => le_u64(&v, "time index")?,
+                None => 0,
+            };
             if record.seq > prev {
                 tx.insert(tk, &record.seq.to_le_bytes())?;
             }
@@ -238,9 +271,7 @@ impl Index {
     /// The number after `prefix` in the last key under it (keys `prefix u64-be …`).
     fn highest_number(&self, prefix: u8, what: &str) -> StoreResult<Option<u64>> {
         match self.tree.scan_prefix([prefix]).next_back() {
-            Some(Ok((k, _))) => {
-                Ok(Some(k.get(1..9).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)))
-            }
+            Some(Ok((k, _))) => Ok(Some(be_u64_at(&k, 1, what)?)),
             Some(Err(e)) => Err(sled_err(what, e)),
             None => Ok(None),
         }
@@ -293,7 +324,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.tree.range(start..=end) {
             let (k, name) = item.map_err(|e| sled_err("readdir", e))?;
-            let cookie = u64::from_be_bytes(k[9..17].try_into().unwrap_or([0; 8]));
+            let cookie = be_u64_at(&k, 9, "readdir cookie")?;
             if let Some((ino, kind)) = self.lookup(parent, &name)? {
                 out.push(DirEntry { cookie, name: name.to_vec(), ino, kind });
             }
@@ -319,7 +350,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(prefix) {
             let (k, _) = item.map_err(|e| sled_err("names", e))?;
-            let parent = u64::from_be_bytes(k[9..17].try_into().unwrap_or([0; 8]));
+            let parent = be_u64_at(&k, 9, "name of an inode")?;
             out.push((parent, k[17..].to_vec()));
         }
         Ok(out)
@@ -338,14 +369,17 @@ impl Index {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(prefix) {
             let (k, v) = item.map_err(|e| sled_err("generations", e))?;
-            let gen = u64::from_be_bytes(k[9..17].try_into().unwrap_or([0; 8]));
+            let gen = be_u64_at(&k, 9, "generation key")?;
             out.push((gen, decode(&v, "generation")?));
         }
         Ok(out)
     }
 
     pub fn chunk_refs(&self, hash: &Hash) -> StoreResult<u64> {
-        Ok(self.get(&ref_key(hash))?.map(|v| read_ref(&v).0).unwrap_or(0))
+        match self.get(&ref_key(hash))? {
+            Some(v) => Ok(read_ref(&v)?.0),
+            None => Ok(0),
+        }
     }
 
     /// Every chunk the index knows: (hash, references, length).
@@ -353,8 +387,8 @@ impl Index {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([b'r']) {
             let (k, v) = item.map_err(|e| sled_err("chunks", e))?;
-            let Ok(hash) = Hash::try_from(&k[1..]) else { continue };
-            let (count, len) = read_ref(&v);
+            let hash = Hash::try_from(&k[1..]).map_err(|_| short("chunk key", &k, 33))?;
+            let (count, len) = read_ref(&v)?;
             out.push((hash, count, len));
         }
         Ok(out)
@@ -376,7 +410,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([b'h']) {
             let (k, v) = item.map_err(|e| sled_err("history", e))?;
-            let (parent, name, seq) = parse_history_key(&k);
+            let (parent, name, seq) = parse_history_key(&k)?;
             out.push((parent, name, seq, decode(&v, "history")?));
         }
         Ok(out)
@@ -389,7 +423,7 @@ impl Index {
         let mut current: Option<(Vec<u8>, NameTarget)> = None;
         for item in self.tree.scan_prefix(prefix) {
             let (k, v) = item.map_err(|e| sled_err("history", e))?;
-            let (_, name, entry_seq) = parse_history_key(&k);
+            let (_, name, entry_seq) = parse_history_key(&k)?;
             if current.as_ref().is_some_and(|(n, _)| *n != name) {
                 if let Some((n, Some((ino, kind)))) = current.take() {
                     out.push((n, ino, kind));
@@ -410,7 +444,7 @@ impl Index {
     /// The last sequence number applied at or before `t` (1 s resolution); 0 if none.
     pub fn seq_at_time(&self, t: Timestamp) -> StoreResult<u64> {
         match self.tree.range([b't'].to_vec()..=time_key(t)).next_back() {
-            Some(Ok((k, v))) if k[0] == b't' => Ok(read_u64(&v)),
+            Some(Ok((k, v))) if k[0] == b't' => le_u64(&v, "time index"),
             Some(Err(e)) => Err(sled_err("time index", e)),
             _ => Ok(0),
         }
@@ -432,7 +466,7 @@ impl Index {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([b'i']) {
             let (k, v) = item.map_err(|e| sled_err("inodes", e))?;
-            let ino = u64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]));
+            let ino = be_u64_at(&k, 1, "inode key")?;
             out.push((ino, decode(&v, "inode")?));
         }
         Ok(out)
@@ -455,7 +489,10 @@ impl Index {
     /// The next inode number to hand out: above every number ever used.
     pub fn next_ino(&self) -> StoreResult<Ino> {
         let highest = self.highest_number(b'i', "max ino")?.unwrap_or(0);
-        let recorded = self.get(NEXT_INO_KEY)?.map(|v| read_u64(&v)).unwrap_or(0);
+        let recorded = match self.get(NEXT_INO_KEY)? {
+            Some(v) => le_u64(&v, "next inode number")?,
+            None => 0,
+        };
         Ok(recorded.max(highest + 1))
     }
 
@@ -466,16 +503,15 @@ impl Index {
     }
 }
 
-fn read_u64(v: &[u8]) -> u64 {
-    v.try_into().map(u64::from_le_bytes).unwrap_or(0)
-}
-
 fn apply_op(tx: &TransactionalTree, record: &Record, op: &Op) -> TxResult<()> {
     match op {
         Op::PutInode { ino, inode } => {
-            tx.insert(inode_key(*ino), encode(inode))?;
+            tx.insert(inode_key(*ino), encode(inode)?)?;
             // Inode numbers are never reused, even after the highest one is deleted.
-            let next = tx.get(NEXT_INO_KEY)?.map(|v| read_u64(&v)).unwrap_or(0);
+            let next = match tx.get(NEXT_INO_KEY)? {
+                Some(v) => le_u64(&v, "next inode number")?,
+                None => 0,
+            };
             if *ino >= next {
                 tx.insert(NEXT_INO_KEY, &(ino + 1).to_le_bytes())?;
             }
@@ -488,7 +524,7 @@ fn apply_op(tx: &TransactionalTree, record: &Record, op: &Op) -> TxResult<()> {
         Op::PruneNameHistory { parent, name, seq, gap } => {
             let k = history_key(*parent, name, *seq);
             if *gap {
-                tx.insert(k, encode(&None::<(Ino, Kind)>))?;
+                tx.insert(k, encode(&None::<(Ino, Kind)>)?)?;
             } else {
                 tx.remove(k)?;
             }
@@ -502,47 +538,62 @@ fn apply_op(tx: &TransactionalTree, record: &Record, op: &Op) -> TxResult<()> {
         Op::PutDirent { parent, name, ino, kind, cookie } => {
             remove_dirent(tx, *parent, name)?;
             let value = DirentValue { ino: *ino, kind: *kind, cookie: *cookie };
-            tx.insert(dirent_key(*parent, name), encode(&value))?;
+            tx.insert(dirent_key(*parent, name), encode(&value)?)?;
             tx.insert(cookie_key(*parent, *cookie), name.as_slice())?;
             tx.insert(backlink_key(*ino, *parent, name), &[] as &[u8])?;
-            tx.insert(history_key(*parent, name, record.seq), encode(&Some((*ino, *kind))))?;
+            tx.insert(history_key(*parent, name, record.seq), encode(&Some((*ino, *kind)))?)?;
         }
         Op::DelDirent { parent, name } => {
             remove_dirent(tx, *parent, name)?;
-            tx.insert(history_key(*parent, name, record.seq), encode(&None::<(Ino, Kind)>))?;
+            tx.insert(history_key(*parent, name, record.seq), encode(&None::<(Ino, Kind)>)?)?;
         }
         Op::PutGeneration { ino, gen, manifest } => {
             let k = gen_key(*ino, *gen);
             if tx.get(&k)?.is_none() {
                 for chunk in manifest.chunks.values() {
                     let rk = ref_key(&chunk.hash);
-                    let (n, _) = tx.get(&rk)?.map(|v| read_ref(&v)).unwrap_or((0, 0));
+                    let n = match tx.get(&rk)? {
+                        Some(v) => read_ref(&v)?.0,
+                        None => 0,
+                    };
                     tx.insert(rk, &ref_value(n + 1, chunk.len))?;
                 }
-                tx.insert(k, encode(manifest))?;
+                tx.insert(k, encode(manifest)?)?;
             }
         }
         Op::DelGeneration { ino, gen } => {
             if let Some(old) = tx.remove(gen_key(*ino, *gen))? {
-                let manifest: Manifest = decode(&old, "generation").map_err(tx_abort)?;
+                let manifest: Manifest = decode(&old, "generation")?;
                 for chunk in manifest.chunks.values() {
                     let rk = ref_key(&chunk.hash);
-                    let (n, len) = tx.get(&rk)?.map(|v| read_ref(&v)).unwrap_or((0, chunk.len));
-                    tx.insert(rk, &ref_value(n.saturating_sub(1), len))?;
+                    // A generation holds one reference to each of its chunks: a count already
+                    // at 0 (or none at all) means the index is damaged.
+                    let (n, len) = match tx.get(&rk)? {
+                        Some(v) => read_ref(&v)?,
+                        None => (0, chunk.len),
+                    };
+                    if n == 0 {
+                        return Err(tx_abort(StoreError::Corrupted(format!(
+                            "inode {ino} generation {gen} held a chunk with no references"
+                        ))));
+                    }
+                    tx.insert(rk, &ref_value(n - 1, len))?;
                 }
             }
         }
         Op::PutSnapshot { name } => {
             let snap = Snapshot { seq: record.seq, time: record.time };
-            tx.insert(snapshot_key(name), encode(&snap))?;
+            tx.insert(snapshot_key(name), encode(&snap)?)?;
         }
         Op::DelSnapshot { name } => {
             tx.remove(snapshot_key(name))?;
         }
         Op::DropChunk { hash } => {
             let rk = ref_key(hash);
-            if tx.get(&rk)?.is_some_and(|v| read_ref(&v).0 == 0) {
-                tx.remove(rk)?;
+            if let Some(v) = tx.get(&rk)? {
+                if read_ref(&v)?.0 == 0 {
+                    tx.remove(rk)?;
+                }
             }
         }
         Op::PutXattr { ino, name, value } => {
@@ -557,9 +608,43 @@ fn apply_op(tx: &TransactionalTree, record: &Record, op: &Op) -> TxResult<()> {
 
 fn remove_dirent(tx: &TransactionalTree, parent: Ino, name: &[u8]) -> TxResult<()> {
     if let Some(old) = tx.remove(dirent_key(parent, name))? {
-        let old: DirentValue = decode(&old, "dirent").map_err(tx_abort)?;
+        let old: DirentValue = decode(&old, "dirent")?;
         tx.remove(cookie_key(parent, old.cookie))?;
         tx.remove(backlink_key(old.ino, parent, name))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::crashsim::Rng;
+
+    /// Arbitrary bytes into every decoder of index keys and values: an error or a value, never
+    /// a panic, and never a default for a malformed fixed-width field.
+    #[test]
+    fn decoders_never_panic_and_never_default_on_arbitrary_bytes() {
+        let seed = std::env::var("GENFS_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(11);
+        eprintln!("decoder fuzz: GENFS_TEST_SEED={seed}");
+        let mut rng = Rng::new(seed);
+        for _ in 0..20_000 {
+            let len = rng.below(48) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = decode::<Inode>(&bytes, "inode");
+            let _ = decode::<Manifest>(&bytes, "generation");
+            let _ = decode::<DirentValue>(&bytes, "dirent");
+            let _ = decode::<NameTarget>(&bytes, "history");
+            let _ = decode::<Snapshot>(&bytes, "snapshot");
+            let _ = parse_history_key(&bytes);
+            let _ = be_u64_at(&bytes, 1, "key");
+            assert_eq!(read_ref(&bytes).is_ok(), len == 12, "{bytes:?}");
+            assert_eq!(le_u64(&bytes, "value").is_ok(), len == 8, "{bytes:?}");
+        }
+        let key = history_key(7, b"name", 9);
+        assert_eq!(parse_history_key(&key).unwrap(), (7, b"name".to_vec(), 9));
+        for cut in 0..key.len() {
+            assert!(parse_history_key(&key[..cut]).is_err(), "a key cut at {cut} decoded");
+        }
+        assert_eq!(read_ref(&ref_value(3, 17)).unwrap(), (3, 17));
+    }
 }

@@ -7,6 +7,17 @@
 //! takes that inode's lock, so each inode's image in the index changes in sequence order too.
 //! That keeps replay (which applies records in sequence order) equal to what ran live.
 
+/// Checks an invariant of the store in debug and test builds (the unit, fault and crash tests
+/// run with them on); release builds leave the checking to fsck. A broken invariant is a bug:
+/// it panics.
+macro_rules! invariant {
+    ($cond:expr, $($msg:tt)+) => {
+        if cfg!(any(debug_assertions, test)) {
+            assert!($cond, $($msg)+);
+        }
+    };
+}
+
 pub mod chunks;
 mod commit;
 pub mod config;
@@ -284,10 +295,27 @@ impl Store {
         stripes.into_iter().map(|s| self.inode_locks[s].lock()).collect()
     }
 
+    /// Applies an appended record to the index. If that fails, the operation fails (its caller
+    /// reports the error) and must stay failed: the record is marked abandoned before the error
+    /// goes back, so it is not replayed at the next mount even once it is durable; and the
+    /// store turns read-only.
     fn apply(&self, record: &Record) -> StoreResult<()> {
-        let result = self.index.apply(record);
+        let result = match commit::sabotage::fail_index_apply() {
+            true => {
+                Err(StoreError::io("index apply (injected)", std::io::Error::from_raw_os_error(libc::EIO)))
+            }
+            false => self.index.apply(record),
+        };
         self.journal.applied(record.seq);
-        result.map_err(|e| self.index_failure(e))
+        result.map_err(|e| {
+            if let Err(m) = self.journal.abandon(record.seq) {
+                tracing::error!(
+                    "cannot mark failed record {} abandoned; a remount may replay it: {m}",
+                    record.seq
+                );
+            }
+            self.index_failure(e)
+        })
     }
 
     /// Latches a failed index update or flush: the store turns read-only until remount, which
@@ -326,7 +354,10 @@ impl Store {
         self.journal.sync_to(watermark)?;
         self.index
             .flush()
-            .and_then(|_| sync_tree(self.io.as_ref(), &self.root.join("index")))
+            .and_then(|_| match commit::sabotage::skip_checkpoint_index_sync() {
+                true => Ok(()),
+                false => sync_tree(self.io.as_ref(), &self.root.join("index")),
+            })
             .map_err(|e| self.index_failure(e))?;
         self.journal.checkpoint(watermark)?;
         self.checkpointed_seq.store(watermark, Ordering::SeqCst);
@@ -730,8 +761,9 @@ impl Store {
     pub fn statfs(&self) -> StoreResult<libc::statvfs> {
         let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
             .map_err(|_| StoreError::InvalidArgument)?;
-        // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
+        // SAFETY: statvfs is plain data; all zeroes is a valid value of it.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
         let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
         if rc != 0 {
             return Err(StoreError::io("statvfs", std::io::Error::last_os_error()));

@@ -1221,6 +1221,41 @@ fn commit_whose_journal_sync_failed_is_not_published_after_reopen() {
     assert_still_generation_one(&store, ino, "after reopen");
 }
 
+/// An index update that fails after the commit record is durable (issue 11): the commit
+/// reports the error, the previous generation stays current, the store turns read-only, and a
+/// remount does not publish the failed commit. Likewise for a namespace change.
+#[test]
+fn an_index_update_that_fails_after_the_durable_point_is_never_published() {
+    let (_tmp, path, store) = new_store(CS);
+    let ino = create_file(&store, ROOT_INO, "f");
+    write_and_commit(&store, ino, 0, b"one");
+    let mut draft = store.new_draft(ino).unwrap();
+    draft.write(0, b"two", store.chunks()).unwrap();
+    super::commit::sabotage::FAIL_INDEX_APPLY.with(|f| f.set(true));
+    assert!(store.commit(&mut draft).is_err(), "a commit whose index update failed reported success");
+    assert_eq!(content(&store, ino), b"one");
+    assert_err!(store.check_writable(), StoreError::ReadOnlyAfterIoFailure);
+    drop(draft);
+    // The failed record is durable: make sure by syncing what the journal holds.
+    store.sync().unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(content(&store, ino), b"one", "a failed commit was published after the remount");
+    assert_eq!(store.generations(ino).unwrap().len(), 1);
+
+    super::commit::sabotage::FAIL_INDEX_APPLY.with(|f| f.set(true));
+    assert!(store.create(ROOT_INO, b"new", &node(Kind::File, b"")).is_err());
+    store.sync().unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_err!(store.lookup(ROOT_INO, b"new"), StoreError::NotFound);
+    write_and_commit(&store, ino, 0, b"three");
+    assert_eq!(store.check().unwrap().problems, Vec::<String>::new());
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(content(&store, ino), b"three");
+}
+
 #[test]
 fn failed_commit_leaves_no_staging_files() {
     let calls = commit_calls();
@@ -1293,7 +1328,7 @@ fn corrupt_frame_in_the_last_segment_cuts_the_tail() {
         drop(journal);
         let segment = only_segment(dir.path());
         let total = std::fs::metadata(&segment).unwrap().len();
-        let cut: usize = records[..3].iter().map(|r| encode_frame(r).len()).sum();
+        let cut: usize = records[..3].iter().map(|r| encode_frame(r).unwrap().len()).sum();
         flip_byte(&segment, cut + at);
         let (journal, replay) = Journal::open(dir.path(), io.clone()).unwrap();
         assert_eq!(replay.records, records[..3], "{what}: replayed in order");

@@ -21,6 +21,7 @@ pub const SNAPSHOTS: &[u8] = b"user.genfs.snapshots";
 pub const SNAPSHOT_CREATE: &[u8] = b"user.genfs.snapshot.create";
 pub const SNAPSHOT_DELETE: &[u8] = b"user.genfs.snapshot.delete";
 pub const SEQ: &[u8] = b"user.genfs.seq";
+pub const DURABLE_SEQ: &[u8] = b"user.genfs.durable-seq";
 pub const STATS: &[u8] = b"user.genfs.stats";
 pub const GC: &[u8] = b"user.genfs.gc";
 

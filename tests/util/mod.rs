@@ -89,14 +89,22 @@ impl Mounted {
 
     /// A store and mount point in a new directory under `parent` (e.g. a small filesystem).
     pub fn in_dir(test: &str, parent: &Path, mkfs_args: &[&str]) -> Mounted {
+        Self::of_store(test, parent, |store| {
+            let out =
+                Command::new(genfs_bin()).arg("mkfs").arg(store).args(mkfs_args).output().expect("run mkfs");
+            assert!(out.status.success(), "mkfs failed: {}", String::from_utf8_lossy(&out.stderr));
+        })
+    }
+
+    /// A mount of the store that `make` puts at the path it is given (a new directory under
+    /// `parent`).
+    pub fn of_store(test: &str, parent: &Path, make: impl FnOnce(&Path)) -> Mounted {
         let dir =
             tempfile::Builder::new().prefix(&format!("genfs-{test}-")).tempdir_in(parent).expect("temp dir");
         let store = dir.path().join("store");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
-        let out =
-            Command::new(genfs_bin()).arg("mkfs").arg(&store).args(mkfs_args).output().expect("run mkfs");
-        assert!(out.status.success(), "mkfs failed: {}", String::from_utf8_lossy(&out.stderr));
+        make(&store);
         let mut m = Mounted { store, mnt, daemon_env: Vec::new(), daemon: None, _dir: dir };
         m.mount();
         m
