@@ -540,3 +540,77 @@ fn stress_ng_lock_stressors_pass() {
         assert!(out.status.success(), "stress-ng --{stressor} failed ({}):\n{log}", out.status);
     }
 }
+
+/// fsync holds the file's inode lock until its reply; an unlink or rename of that file holds
+/// its directory's lock and waits for the file's; so the commit worker must not wait for the
+/// directory's lock (`inval_entry`) before replying to the fsync. A hang fails the test: the
+/// watchdog aborts the connection.
+#[test]
+fn fsync_racing_unlink_and_rename_in_its_directory_never_hangs() {
+    let m = Mounted::new("fsync-unlink");
+    let dir = m.path("d");
+    std::fs::create_dir(&dir).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let (done, mnt) = (done.clone(), m.mnt.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if start.elapsed() > Duration::from_secs(120) {
+                    crate::util::abort_connection(&mnt);
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            true
+        })
+    };
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let writer_dir = dir.clone();
+            s.spawn(move || {
+                let dir = writer_dir;
+                for i in 0..300 {
+                    let path = dir.join(format!("f{t}"));
+                    let Ok(mut f) = OpenOptions::new().write(true).create(true).truncate(true).open(&path)
+                    else {
+                        continue;
+                    };
+                    let _ = f.write_all(format!("{i}").as_bytes());
+                    let _ = f.sync_all();
+                }
+            });
+            let remover_dir = dir.clone();
+            s.spawn(move || {
+                let dir = remover_dir;
+                for _ in 0..300 {
+                    let path = dir.join(format!("f{t}"));
+                    let _ = std::fs::rename(&path, dir.join(format!("g{t}")));
+                    let _ = std::fs::remove_file(dir.join(format!("g{t}")));
+                }
+            });
+        }
+    });
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(watchdog.join().unwrap(), "fsync, rename and unlink in one directory hung");
+}
+
+/// A save by rename after `utimensat` (rsync -a, cp -p into a temp file): every descriptor
+/// shows the time that was set, also one opened before the rename, whose generation the
+/// rename renumbered (rsync's incremental run once saw the commit time instead).
+#[test]
+fn times_set_before_a_save_by_rename_show_on_every_descriptor() {
+    let m = Mounted::new("rename-mtime");
+    let (tmp, target) = (m.path(".f.tmp"), m.path("f"));
+    write_file(&target, b"old").unwrap();
+    write_file(&tmp, b"new contents").unwrap();
+    let reader = File::open(&tmp).unwrap();
+    let set = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    File::options().write(true).open(&tmp).unwrap().set_modified(set).unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    // A writer gives the file a second node; the chmod then invalidates the reader's.
+    let _writer = rw(&target);
+    chmod(&target, 0o640);
+    assert_eq!(reader.metadata().unwrap().modified().unwrap(), set, "the reader's descriptor");
+    assert_eq!(std::fs::metadata(&target).unwrap().modified().unwrap(), set, "the path");
+}

@@ -64,6 +64,9 @@ pub struct Core {
     views: Views,
     view_ids: nodes::ViewIds,
     mounted_at: Timestamp,
+    /// Invalidations left running after an fsync's reply, per file; closes wait for them.
+    late_invalidations: parking_lot::Mutex<std::collections::HashMap<Ino, u32>>,
+    late_invalidated: parking_lot::Condvar,
     /// Report of the last gc run (`user.genfs.gc`).
     last_gc: parking_lot::Mutex<Vec<u8>>,
     /// Held shared by an open of a view while it checks its generation is still kept, and
@@ -115,6 +118,8 @@ impl GenFs {
             views: Views::default(),
             view_ids: Default::default(),
             mounted_at: Timestamp::now(),
+            late_invalidations: Default::default(),
+            late_invalidated: Default::default(),
             last_gc: parking_lot::Mutex::new(Vec::new()),
             gc_fence: parking_lot::RwLock::new(()),
         });
@@ -237,10 +242,19 @@ impl Core {
                 return to_attr(id, &inode, slot.draft.size, slot.draft.mtime);
             }
         }
-        if node.gen == inode.gen || node.tainted {
+        if node.tainted || self.is_current(node, &inode) {
+            // The current generation's times are the inode's (utimens after a commit).
             return to_attr(id, &inode, inode.size, inode.mtime);
         }
         to_attr(id, &inode, node.manifest.size, node.manifest.mtime)
+    }
+
+    /// Whether a node shows the file's current generation. A save by rename renumbers the
+    /// incoming file's generations, so a node made before it can name the current one by its
+    /// old number: the commit's sequence number tells.
+    fn is_current(&self, node: &FileNode, inode: &Inode) -> bool {
+        node.gen == inode.gen
+            || self.store.generation(node.ino, inode.gen).is_ok_and(|m| m.seq == node.manifest.seq)
     }
 
     /// The store inode behind a node (for a view: the inode it shows).
@@ -370,11 +384,12 @@ impl Core {
 
     /// Commits the shared draft behind a writable handle. `force`: commit even if the
     /// change came through another handle (fsync).
-    /// A handle of a file its create made syncs the journal even with nothing to commit: the
-    /// new name is durable when its close returns (G4), like a written file's.
-    fn commit_handle(&self, handle: &Handle, force: bool) -> StoreResult<()> {
+    /// Commits the draft behind a handle; true if a generation was made (the caller then
+    /// invalidates the file's names). A handle of a file its create made syncs the journal even
+    /// with nothing to commit: the new name is durable when its close returns (G4).
+    fn commit_handle(&self, handle: &Handle, force: bool) -> StoreResult<bool> {
         let Some(w) = handle.writer() else {
-            return self.store.sync();
+            return self.store.sync().map(|_| false);
         };
         let force_sync = force || handle.created;
         let mut slot = w.file.slot.lock();
@@ -383,7 +398,7 @@ impl Core {
         }
         let changed = std::mem::take(&mut *w.changers.lock()).any();
         if !(changed || force) || !slot.draft.dirty {
-            return if force_sync { self.store.sync() } else { Ok(()) };
+            return if force_sync { self.store.sync().map(|_| false) } else { Ok(false) };
         }
         // Shells redirect with open(O_TRUNC), dup2, close, write, close: the first close commits
         // the truncation (close-to-open), and the next commit of this handle replaces it.
@@ -393,9 +408,32 @@ impl Core {
         if only_truncated && inode.size == 0 {
             *w.superseded.lock() = Some(inode.gen);
         }
-        drop(slot);
-        self.invalidate_file(handle.ino);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Notes an invalidation of `ino` that runs after its request was answered.
+    fn late_invalidation_begins(&self, ino: Ino) {
+        *self.late_invalidations.lock().entry(ino).or_default() += 1;
+    }
+
+    fn late_invalidation_ends(&self, ino: Ino) {
+        let mut late = self.late_invalidations.lock();
+        if let Some(n) = late.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                late.remove(&ino);
+            }
+        }
+        self.late_invalidated.notify_all();
+    }
+
+    /// Waits until the invalidations of `ino` left by fsyncs are done: a close returns only
+    /// once every later open reaches the newest generation (G1).
+    fn wait_for_late_invalidations(&self, ino: Ino) {
+        let mut late = self.late_invalidations.lock();
+        while late.contains_key(&ino) {
+            self.late_invalidated.wait(&mut late);
+        }
     }
 
     /// A truncate by path (no writable handle of the caller): commits a new generation.
@@ -1029,7 +1067,15 @@ impl Filesystem for GenFs {
             }
             return reply.ok();
         }
-        self.submit(move |c| reply_empty(reply, c.commit_handle(&handle, false)));
+        self.submit(move |c| {
+            let result = c.commit_handle(&handle, false).map(|committed| {
+                if committed {
+                    c.invalidate_file(handle.ino);
+                }
+            });
+            c.wait_for_late_invalidations(handle.ino);
+            reply_empty(reply, result)
+        });
     }
 
     fn release(
@@ -1064,7 +1110,19 @@ impl Filesystem for GenFs {
         let Some(handle) = self.core.handles.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        self.submit(move |c| reply_empty(reply, c.commit_handle(&handle, true)));
+        // The kernel holds the file's inode lock until the reply, and an unlink or rename in its
+        // directory holds the directory's lock while it waits for that one: the invalidation
+        // (which takes the directory's lock) must come after the reply, or all three wait for
+        // good. A close waits for it instead (G1 is about close).
+        self.submit(move |c| match c.commit_handle(&handle, true) {
+            Ok(true) => {
+                c.late_invalidation_begins(handle.ino);
+                reply.ok();
+                c.invalidate_file(handle.ino);
+                c.late_invalidation_ends(handle.ino);
+            }
+            other => reply_empty(reply, other.map(|_| ())),
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

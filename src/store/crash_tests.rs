@@ -137,6 +137,17 @@ fn view_diff(got: &View, want: &View) -> String {
 #[derive(Debug, Clone, Default)]
 struct Model {
     nodes: HashMap<Ino, MNode>,
+    /// Each snapshot's tree as it was taken, as `@NAME/path` entries (see [`snapshot_entry`]).
+    snapshots: BTreeMap<Vec<u8>, View>,
+    /// The digest of every generation each file was given (restores pick among them).
+    history: HashMap<Ino, HashSet<Digest>>,
+}
+
+/// A snapshot's entry for `path` (a tree entry): names, kinds, sizes and contents are the
+/// snapshot's; permissions and xattrs are not kept per snapshot, so they are left out.
+fn snapshot_entry(snapshot: &[u8], path: &str, s: &Seen) -> (String, Seen) {
+    let key = format!("@{}{path}", String::from_utf8_lossy(snapshot));
+    (key, Seen { perm: 0, xattrs: Vec::new(), ..s.clone() })
 }
 
 impl Model {
@@ -148,7 +159,7 @@ impl Model {
             xattrs: BTreeMap::new(),
             children: BTreeMap::new(),
         };
-        Model { nodes: HashMap::from([(ROOT_INO, root)]) }
+        Model { nodes: HashMap::from([(ROOT_INO, root)]), ..Model::default() }
     }
 
     fn node(&self, ino: Ino) -> &MNode {
@@ -169,7 +180,16 @@ impl Model {
         Seen { ino, kind: n.kind, perm: n.perm, size, content, xattrs }
     }
 
+    /// The tree, and every snapshot's.
     fn view(&self) -> View {
+        let mut view = self.tree();
+        for snap in self.snapshots.values() {
+            view.extend(snap.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        view
+    }
+
+    fn tree(&self) -> View {
         let mut view = View::new();
         view.insert("/".into(), self.seen(ROOT_INO));
         let mut stack = vec![(ROOT_INO, String::new())];
@@ -236,7 +256,9 @@ pub(super) fn observe(store: &Store) -> Result<View, String> {
             _ => (inode.size, hash(&inode.target)),
         };
         let mut xattrs = Vec::new();
-        for name in store.xattr_names(ino).map_err(|e| format!("xattrs of {ino}: {e}"))? {
+        let names = store.xattr_names(ino).map_err(|e| format!("xattrs of {ino}: {e}"))?;
+        // The store's own (retention, last name) are hidden from listxattr too.
+        for name in names.into_iter().filter(|n| !n.starts_with(crate::versions::PREFIX)) {
             let v = store.xattr(ino, &name).map_err(|e| format!("xattr of {ino}: {e}"))?;
             xattrs.push((name, v));
         }
@@ -259,7 +281,44 @@ pub(super) fn observe(store: &Store) -> Result<View, String> {
             view.insert(p, s);
         }
     }
+    for (name, snap) in store.snapshots().map_err(|e| format!("snapshots: {e}"))? {
+        observe_at(store, &name, snap.seq, &mut view)?;
+    }
     Ok(view)
+}
+
+/// Adds the tree as of `seq` as snapshot `name`'s entries.
+fn observe_at(store: &Store, name: &[u8], seq: u64, view: &mut View) -> Result<(), String> {
+    let seen = |ino: Ino, kind: Kind| -> Result<Seen, String> {
+        let (size, content) = match kind {
+            Kind::Dir => (0, [0; 32]),
+            Kind::File => {
+                let (_, m) = store.generation_at(ino, seq).map_err(|e| format!("{ino} at @{seq}: {e}"))?;
+                let bytes =
+                    store.read(&m, 0, m.size as u32).map_err(|e| format!("read {ino} @{seq}: {e}"))?;
+                (m.size, hash(&bytes))
+            }
+            _ => {
+                let inode = store.inode(ino).map_err(|e| format!("inode {ino}: {e}"))?;
+                (inode.size, hash(&inode.target))
+            }
+        };
+        Ok(Seen { ino, kind, perm: 0, size, content, xattrs: Vec::new() })
+    };
+    let (k, v) = snapshot_entry(name, "/", &seen(ROOT_INO, Kind::Dir)?);
+    view.insert(k, v);
+    let mut stack = vec![(ROOT_INO, String::new())];
+    while let Some((dir, path)) = stack.pop() {
+        for (n, ino, kind) in store.readdir_at(dir, seq).map_err(|e| format!("readdir {dir} @{seq}: {e}"))? {
+            let p = format!("{path}/{}", String::from_utf8_lossy(&n));
+            let (k, v) = snapshot_entry(name, &p, &seen(ino, kind)?);
+            view.insert(k, v);
+            if kind == Kind::Dir {
+                stack.push((ino, p));
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,6 +358,9 @@ struct Run {
     views: Vec<(Arc<View>, Digest)>,
     /// (operation, inode, content digest) of every commit.
     commits: Vec<(usize, Ino, Digest)>,
+    /// Commits a gc let go of (retention), with the operation of that gc: from then on they
+    /// may be gone.
+    gone: HashMap<(Ino, Digest), usize>,
     drafts: BTreeMap<Ino, (Draft, Vec<u8>)>,
     log: Vec<String>,
     op: usize,
@@ -330,6 +392,7 @@ impl Run {
             model,
             views: vec![(Arc::new(view), digest)],
             commits: Vec::new(),
+            gone: HashMap::new(),
             drafts: BTreeMap::new(),
             log: Vec::new(),
             op: 0,
@@ -440,7 +503,64 @@ impl Run {
 
     fn committed(&mut self, ino: Ino, content: Vec<u8>) {
         self.commits.push((self.op, ino, hash(&content)));
+        self.model.history.entry(ino).or_default().insert(hash(&content));
         self.model.node_mut(ino).content = Arc::new(content);
+    }
+
+    fn op_snapshot(&mut self) {
+        self.serial += 1;
+        let name = format!("s{}", self.serial).into_bytes();
+        self.begin(format!("snapshot {}", String::from_utf8_lossy(&name)));
+        self.store().snapshot_create(&name).unwrap();
+        let entries = self.model.tree().iter().map(|(p, s)| snapshot_entry(&name, p, s)).collect();
+        self.model.snapshots.insert(name, entries);
+        self.end(true);
+    }
+
+    /// A retention policy on the root that keeps few generations, so that gc drops some.
+    fn op_retention(&mut self) {
+        let keep = 1 + self.rng.below(3);
+        self.begin(format!("retention keep-last={keep}"));
+        self.store().set_retention(ROOT_INO, Some(&format!("keep-last={keep}"))).unwrap();
+        self.end(false);
+    }
+
+    fn op_gc(&mut self) {
+        self.begin("gc".into());
+        // Open drafts read their untouched chunks from their base generation.
+        let pinned: HashSet<(Ino, u64)> =
+            self.drafts.iter().map(|(ino, (d, _))| (*ino, d.base_gen)).collect();
+        self.store().gc(&pinned, false).unwrap();
+        let mut kept: HashMap<Ino, HashSet<Digest>> = HashMap::new();
+        for &(_, ino, h) in &self.commits {
+            let digests = kept.entry(ino).or_insert_with(|| {
+                let gens = self.store.as_ref().unwrap().generations(ino).unwrap_or_default();
+                let read = |m: &super::records::Manifest| self.store().read(m, 0, m.size as u32).unwrap();
+                gens.iter().map(|(_, m)| hash(&read(m))).collect()
+            });
+            if !digests.contains(&h) {
+                self.gone.entry((ino, h)).or_insert(self.op);
+            }
+        }
+        self.end(true);
+    }
+
+    /// Restores a kept generation of a file other than its current one: its bytes must be
+    /// bytes the file was given, and they become its content again.
+    fn op_restore(&mut self) {
+        let files = self.files();
+        let Some(ino) = self.pick(&files) else { return self.op_create(Kind::File) };
+        let current = self.store().inode(ino).unwrap().gen;
+        let gens: Vec<(u64, super::records::Manifest)> =
+            self.store().generations(ino).unwrap().into_iter().filter(|(g, _)| *g != current).collect();
+        let Some((gen, manifest)) = self.pick(&gens) else { return self.op_write_commit(false) };
+        self.begin(format!("restore {ino} generation {gen}"));
+        let bytes = self.store().read(&manifest, 0, manifest.size as u32).unwrap();
+        let known = self.model.history.get(&ino).is_some_and(|h| h.contains(&hash(&bytes)));
+        assert!(known, "seed {}: generation {gen} of {ino} holds bytes it was never given", self.seed);
+        self.store().restore(ino, gen).unwrap();
+        self.committed(ino, bytes);
+        self.end(true);
     }
 
     fn op_create(&mut self, kind: Kind) {
@@ -677,9 +797,13 @@ impl Run {
             74..=78 => self.op_xattr(false),
             79..=80 => self.op_xattr(true),
             81..=83 => self.op_chmod(),
-            84..=88 => self.op_checkpoint(),
-            89..=93 => self.op_sync(),
-            94..=96 => self.op_restart(false),
+            84..=86 => self.op_checkpoint(),
+            87..=89 => self.op_sync(),
+            90 => self.op_snapshot(),
+            91 => self.op_retention(),
+            92..=93 => self.op_gc(),
+            94 => self.op_restore(),
+            95..=96 => self.op_restart(false),
             _ => self.op_restart(true),
         }
     }
@@ -924,7 +1048,8 @@ fn check_window(run: &Run, rec: &Recovered, lower: usize, upper: usize) -> Resul
         }
     }
     for (op, ino, h) in run.commits.iter().filter(|(op, _, _)| *op <= lower) {
-        if !rec.generations.get(ino).is_some_and(|g| g.contains(h)) {
+        let may_be_gone = run.gone.get(&(*ino, *h)).is_some_and(|gc| *gc <= upper);
+        if !may_be_gone && !rec.generations.get(ino).is_some_and(|g| g.contains(h)) {
             return Err(format!("the commit of operation {op} (inode {ino}) was acknowledged and is lost"));
         }
     }

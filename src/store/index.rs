@@ -45,6 +45,12 @@ pub struct DirEntry {
 pub struct Index {
     db: sled::Db,
     tree: sled::Tree,
+    /// One writer into sled at a time. sled 0.34 can deadlock inside when several threads
+    /// write at once: a writer holding its segment accountant waits for a file truncation
+    /// queued on sled's I/O pool behind buffer writes that wait for that accountant (seen here
+    /// under stress-ng's lock stressors; sled pull request #1269 fixed it after 0.34). With
+    /// writes serialized, no stream of new buffers can fill the pool while one waits.
+    writes: parking_lot::Mutex<()>,
 }
 
 /// Meta key (prefix `m`): the next inode number to hand out.
@@ -186,6 +192,10 @@ const INDEX_CACHE_BYTES: u64 = 16 << 20;
 /// (an 8+8-byte value; hidden like every `user.genfs.` name).
 pub(super) const LAST_NAME_XATTR: &[u8] = b"user.genfs.last-name";
 
+/// The sequence number of a file's first generation (8 bytes, little-endian), kept once gc has
+/// dropped that generation: time travel to before it shows the file empty, not gone.
+pub(super) const FIRST_SEQ_XATTR: &[u8] = b"user.genfs.first-seq";
+
 impl Index {
     /// Where the last name of `ino` was removed: (directory, sequence number); None if it
     /// has a name or lost it before this was recorded.
@@ -195,6 +205,14 @@ impl Index {
             return Err(short("last name", &v, 16));
         }
         Ok(Some((le_u64(&v[..8], "last name")?, le_u64(&v[8..], "last name")?)))
+    }
+
+    /// The sequence number of the file's first generation, if gc dropped that generation.
+    pub fn first_seq(&self, ino: Ino) -> StoreResult<Option<u64>> {
+        match self.xattr(ino, FIRST_SEQ_XATTR)? {
+            Some(v) => Ok(Some(le_u64(&v, "first generation's sequence number")?)),
+            None => Ok(None),
+        }
     }
 
     /// Opens the index; the caller holds the store's lock.
@@ -224,17 +242,19 @@ impl Index {
             }
         };
         let tree = db.open_tree("genfs").map_err(|e| sled_err("open tree", e))?;
-        Ok(Index { db, tree })
+        Ok(Index { db, tree, writes: parking_lot::Mutex::new(()) })
     }
 
     /// Makes everything applied so far durable in sled's files (the caller fsyncs them too:
     /// sled's own flush uses sync_file_range, which is not durability).
     pub fn flush(&self) -> StoreResult<()> {
+        let _one_writer = self.writes.lock();
         self.db.flush().map_err(|e| sled_err("flush", e))?;
         Ok(())
     }
 
     pub fn apply(&self, record: &Record) -> StoreResult<()> {
+        let _one_writer = self.writes.lock();
         let result = self.tree.transaction(|tx| {
             for op in &record.ops {
                 apply_op(tx, record, op)?;
@@ -280,6 +300,7 @@ impl Index {
     /// Drops the marks of records at or below `seq`: call only once a durable checkpoint covers
     /// them, since replay never goes back that far.
     pub fn forget_applied_through(&self, seq: u64) -> StoreResult<()> {
+        let _one_writer = self.writes.lock();
         let mut batch = sled::Batch::default();
         for item in self.tree.range(applied_key(0)..=applied_key(seq)) {
             let (k, _) = item.map_err(|e| sled_err("scan marks", e))?;

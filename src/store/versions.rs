@@ -5,7 +5,7 @@
 
 use super::draft::Draft;
 use super::error::{StoreError, StoreResult};
-use super::index::Snapshot;
+use super::index::{Snapshot, FIRST_SEQ_XATTR};
 use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Timestamp};
 use super::Store;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -294,17 +294,26 @@ impl Store {
             return Ok(found.clone());
         }
         // Before its oldest kept generation the file was empty (created, not yet written)
-        // only if no generation of its own came before that one.
+        // if no generation of its own came before that one, or if gc recorded when the first
+        // one came and that is after `seq`.
         let inode = self.inode(ino)?;
-        let first_own = match inode.history {
-            Some(predecessor) => self.inode(predecessor)?.last_gen + 1,
-            None => 1,
-        };
+        let first_own = self.first_own_gen(&inode)?;
         let oldest_kept = gens.first().map(|(g, _)| *g).unwrap_or(inode.last_gen + 1);
-        if oldest_kept > first_own {
+        let empty_then =
+            oldest_kept <= first_own || self.index.first_seq(ino)?.is_some_and(|first| seq < first);
+        if !empty_then {
             return Err(StoreError::NotFound);
         }
         Ok((0, Manifest::empty()))
+    }
+
+    /// The number of a file's first own generation (after a save by rename, its own numbers
+    /// follow its predecessor's).
+    fn first_own_gen(&self, inode: &Inode) -> StoreResult<u64> {
+        Ok(match inode.history {
+            Some(predecessor) => self.inode(predecessor)?.last_gen + 1,
+            None => 1,
+        })
     }
 
     pub fn lookup_at(&self, parent: Ino, name: &[u8], seq: u64) -> StoreResult<(Ino, Inode)> {
@@ -416,7 +425,15 @@ impl Store {
                 continue;
             }
             if !drops.is_empty() {
-                let ops = drops.iter().map(|e| Op::DelGeneration { ino: e.owner, gen: e.gen }).collect();
+                let mut ops = Vec::new();
+                for e in &drops {
+                    ops.push(Op::DelGeneration { ino: e.owner, gen: e.gen });
+                    // Time travel must still tell "empty then" from "dropped since".
+                    if e.gen == self.first_own_gen(&self.inode(e.owner)?)? {
+                        let value = e.manifest.seq.to_le_bytes().to_vec();
+                        ops.push(Op::PutXattr { ino: e.owner, name: FIRST_SEQ_XATTR.to_vec(), value });
+                    }
+                }
                 self.mutate(ops)?;
             }
             if inode.nlink == 0 || inode.history.is_some() {

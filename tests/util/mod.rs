@@ -228,7 +228,7 @@ impl Drop for Mounted {
 
 /// Aborts the FUSE connection of the mount at `mnt` through fusectl (mounted for the purpose
 /// if it is not, and unmounted again).
-fn abort_connection(mnt: &Path) {
+pub fn abort_connection(mnt: &Path) {
     let device = mount_device(mnt);
     let Some(minor) = device.as_deref().and_then(|d| d.split(':').nth(1)) else { return };
     let connections = Path::new("/sys/fs/fuse/connections");
