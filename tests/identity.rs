@@ -520,6 +520,8 @@ fn stress_ng_lock_stressors_pass() {
     }
     let m = Mounted::new("stress-locks");
     for stressor in ["lockf", "fcntl", "flock", "lockofd", "locka"] {
+        // timeout(1) ends stress-ng, not its workers should they wait on a hung daemon.
+        let watchdog = crate::util::Watchdog::arm(&m.mnt, Duration::from_secs(180));
         let out = Command::new("timeout")
             .args([
                 "-k",
@@ -536,6 +538,7 @@ fn stress_ng_lock_stressors_pass() {
             .arg(&m.mnt)
             .output()
             .unwrap();
+        assert!(watchdog.disarm(), "stress-ng --{stressor}: the daemon hung; its connection was aborted");
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "stress-ng --{stressor} failed ({}):\n{log}", out.status);
     }
@@ -550,21 +553,7 @@ fn fsync_racing_unlink_and_rename_in_its_directory_never_hangs() {
     let m = Mounted::new("fsync-unlink");
     let dir = m.path("d");
     std::fs::create_dir(&dir).unwrap();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = {
-        let (done, mnt) = (done.clone(), m.mnt.clone());
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                if start.elapsed() > Duration::from_secs(120) {
-                    crate::util::abort_connection(&mnt);
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            true
-        })
-    };
+    let watchdog = crate::util::Watchdog::arm(&m.mnt, Duration::from_secs(120));
     std::thread::scope(|s| {
         for t in 0..2 {
             let writer_dir = dir.clone();
@@ -591,8 +580,7 @@ fn fsync_racing_unlink_and_rename_in_its_directory_never_hangs() {
             });
         }
     });
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(watchdog.join().unwrap(), "fsync, rename and unlink in one directory hung");
+    assert!(watchdog.disarm(), "fsync, rename and unlink in one directory hung");
 }
 
 /// A save by rename after `utimensat` (rsync -a, cp -p into a temp file): every descriptor

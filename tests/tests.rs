@@ -12,6 +12,7 @@ mod load;
 mod packaging;
 mod posix;
 mod programs;
+mod security;
 mod tampering;
 mod util;
 mod versions;

@@ -212,7 +212,7 @@ fn unix_now() -> f64 {
 
 /// An RFC 3339 time (UTC) for whole seconds since the epoch, computed independently of the CLI
 /// with date(1).
-fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     let out =
         Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -220,7 +220,7 @@ fn rfc3339(secs: u64) -> String {
 
 /// A whole second T such that everything committed so far is before T and everything committed
 /// after this returns is after T (commit times have second resolution).
-fn instant_between() -> u64 {
+pub(crate) fn instant_between() -> u64 {
     std::thread::sleep(Duration::from_millis(1100));
     let t = unix_now().floor() as u64;
     while unix_now() < (t + 1) as f64 + 0.05 {

@@ -201,6 +201,8 @@ struct GcReport {
     dropped: Vec<(String, u64, u64)>,
     freed_chunks: Option<u64>,
     freed_bytes: Option<u64>,
+    /// Dropped generations of files the caller may not see (not listed).
+    hidden: u64,
 }
 
 fn parse_gc_report(text: &str) -> Result<GcReport, String> {
@@ -213,6 +215,7 @@ fn parse_gc_report(text: &str) -> Result<GcReport, String> {
         match fields[..] {
             [n, "freed_chunks"] => r.freed_chunks = Some(num(n)?),
             [n, "freed_bytes"] => r.freed_bytes = Some(num(n)?),
+            [n, "hidden"] => r.hidden = num(n)?,
             [size, gen, path] => r.dropped.push((path.to_string(), num(gen)?, num(size)?)),
             _ => return Err(bad()),
         }
@@ -230,6 +233,9 @@ fn gc_text(r: &GcReport, dry_run: bool) -> String {
     let n = r.dropped.len();
     let plural = if n == 1 { "" } else { "s" };
     out += &format!("{verb} {n} generation{plural} ({} of file data)", human(total));
+    if r.hidden > 0 {
+        out += &format!(", and {} of files you may not read", r.hidden);
+    }
     let freed = if dry_run { "would free" } else { "freed" };
     match (r.freed_chunks, r.freed_bytes) {
         (Some(c), Some(b)) => out += &format!("; {freed} {c} chunks, {} ({b} bytes)\n", human(b)),

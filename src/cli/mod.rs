@@ -172,6 +172,12 @@ fn is_mount_fuse_form(args: &[std::ffi::OsString]) -> bool {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(cli.command, Command::Mkfs { .. } | Command::Mount(_) | Command::Fsck(_) | Command::Scrub(_))
+    {
+        // What these create inside a store (sled's files among them) is private to its owner.
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(0o077) };
+    }
     match cli.command {
         Command::Mkfs { store, chunk_size } => mkfs(&store, chunk_size),
         Command::Mount(args) => mount::mount(args),
@@ -197,8 +203,8 @@ pub fn command() -> clap::Command {
 fn mkfs(store: &std::path::Path, chunk_size: u64) -> anyhow::Result<ExitCode> {
     // SAFETY: geteuid/getegid cannot fail.
     let owner = unsafe { (libc::geteuid(), libc::getegid()) };
-    // A new store directory is private to its owner (0700): it holds every version of every
-    // file. The parents are made as usual. An existing empty directory keeps its mode.
+    // A store is private to its owner (0700), a new directory or an existing empty one: it
+    // holds every version of every file. The parents are made as usual.
     if crate::store::config::StoreConfig::new(chunk_size).is_err() {
         bail!("--chunk-size {chunk_size}: must be a power of two between 4K and 64M");
     }

@@ -300,6 +300,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot mount {}", store.display()))?;
     check_unprivileged(&opts)?;
     let store = std::fs::canonicalize(&store).with_context(|| format!("store {}", store.display()))?;
+    if let Some(warning) = crate::store::safety::readable_by_others(&store) {
+        eprintln!("genfs: warning: {warning}");
+    }
     let mnt = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
     let register = euid() == 0 && !args.no_mtab;
@@ -370,10 +373,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
 /// Opens the daemon's log file (append), so a bad path fails the mount command itself.
 fn open_log(target: &LogTarget) -> anyhow::Result<Option<std::fs::File>> {
     match target {
-        LogTarget::File(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        LogTarget::File(path) => logging::open_log_file(path)
             .map(Some)
             .with_context(|| format!("cannot open log file {}", path.display())),
         _ => Ok(None),
@@ -486,6 +486,9 @@ impl Daemon {
         raise_fd_limit();
         let store = Store::open(&self.store)
             .with_context(|| format!("cannot open store {}", self.store.display()))?;
+        if let Some(warning) = crate::store::safety::readable_by_others(&self.store) {
+            tracing::warn!("{warning}");
+        }
         let report = store.recovery.clone();
         if report.replayed_records + report.skipped_records > 0 || report.truncated_journal_bytes > 0 {
             tracing::info!(
@@ -655,6 +658,51 @@ mod tests {
 
     fn parse(s: &str) -> anyhow::Result<Options> {
         parse_options(&[s.to_string()], false)
+    }
+
+    /// Any option string a caller (or fstab) can pass parses or fails with a message; never a
+    /// panic. A fixed number of seeded cases.
+    #[test]
+    fn random_option_strings_parse_or_fail_cleanly() {
+        const PIECES: &[&str] = &[
+            "ro",
+            "rw",
+            "retention=",
+            "keep-last=",
+            "log=",
+            "syslog",
+            "debug",
+            "allow_other",
+            ",",
+            ":",
+            "=",
+            "\\",
+            "'",
+            "\"",
+            "99999999999999999999",
+            "-",
+            "x-",
+            "uhelper=",
+            "é",
+            " ",
+            "%",
+            "fsname=",
+            "subtype=",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            let mut s = String::new();
+            for _ in 0..(state % 6) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                s.push_str(PIECES[(state % PIECES.len() as u64) as usize]);
+            }
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            for sloppy in [false, true] {
+                let _ = parse_options(&[s.clone()], sloppy);
+            }
+        }
     }
 
     #[test]

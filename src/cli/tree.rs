@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::IntoRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default)]
@@ -153,6 +153,7 @@ fn restore_file(view: &Path, meta: &Metadata, live: &Path, tally: &mut Tally) ->
             let out = OpenOptions::new()
                 .write(true)
                 .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(live)
                 .map_err(|e| anyhow!("{shown}: cannot open for writing: {}", cause(&e)))?;
             copy_and_close(view, out, live)?;
@@ -167,13 +168,18 @@ fn restore_file(view: &Path, meta: &Metadata, live: &Path, tally: &mut Tally) ->
             if let Some(parent) = live.parent() {
                 ensure_dir(parent, view.parent().unwrap_or(Path::new("/")))?;
             }
+            // Private until it has its rights back; create_new never follows a link.
             let out = OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(meta.permissions().mode() & 0o7777)
+                .mode(0o600)
                 .open(live)
                 .map_err(|e| anyhow!("{shown}: cannot create: {}", cause(&e)))?;
-            copy_and_close(view, out, live)?;
+            let mut out = out;
+            copy_into(view, &mut out, live)?;
+            // After the data: a write by a user without CAP_FSETID would drop setuid again.
+            restore_rights(&out, live, &rights_of(view, meta))?;
+            close_committing(out, live)?;
             tally.recreated += 1;
             progress(format_args!("recreated {shown}"));
         }
@@ -193,9 +199,19 @@ fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
 /// Copies `from` into `out` and closes it, reporting the error of close(2): genfs commits the
 /// new generation there.
 fn copy_and_close(from: &Path, mut out: File, live: &Path) -> anyhow::Result<()> {
+    copy_into(from, &mut out, live)?;
+    close_committing(out, live)
+}
+
+fn copy_into(from: &Path, out: &mut File, live: &Path) -> anyhow::Result<()> {
     let mut src = File::open(from)
         .map_err(|e| anyhow!("{}: cannot open {}: {}", live.display(), from.display(), cause(&e)))?;
-    io::copy(&mut src, &mut out).map_err(|e| anyhow!("{}: cannot write: {}", live.display(), cause(&e)))?;
+    io::copy(&mut src, out).map_err(|e| anyhow!("{}: cannot write: {}", live.display(), cause(&e)))?;
+    Ok(())
+}
+
+/// Closes `out`, reporting the error of close(2), where genfs commits the new generation.
+fn close_committing(out: File, live: &Path) -> anyhow::Result<()> {
     let fd = out.into_raw_fd();
     // SAFETY: `fd` came from into_raw_fd and is closed exactly once.
     if unsafe { libc::close(fd) } != 0 {
@@ -217,12 +233,65 @@ fn ensure_dir(live: &Path, view: &Path) -> anyhow::Result<()> {
         .map(|(l, v)| (l.to_path_buf(), v.to_path_buf()))
         .collect();
     for (l, v) in parents.iter().rev() {
-        let mode = fs::metadata(v).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755);
+        let meta = fs::metadata(v)
+            .map_err(|e| anyhow!("{}: cannot read {}: {}", l.display(), v.display(), cause(&e)))?;
         fs::DirBuilder::new()
-            .mode(mode)
+            .mode(0o700)
             .create(l)
             .map_err(|e| anyhow!("{}: cannot create directory: {}", l.display(), cause(&e)))?;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(l)
+            .map_err(|e| anyhow!("{}: cannot open directory: {}", l.display(), cause(&e)))?;
+        restore_rights(&dir, l, &rights_of(v, &meta))?;
         progress(format_args!("recreated directory {}", l.display()));
     }
     Ok(())
+}
+
+/// Mode (write bits included), owner and group of a view's entry as it was.
+struct Rights {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// From `user.genfs.mode` (the view's own mode lacks write bits); from the view's attributes
+/// with a daemon that does not have it.
+fn rights_of(view: &Path, meta: &Metadata) -> Rights {
+    let from_daemon = xattr::get(view, "user.genfs.mode").ok().flatten().and_then(|v| {
+        let text = String::from_utf8(v).ok()?;
+        let mut fields = text.split_whitespace();
+        let mode = u32::from_str_radix(fields.next()?, 8).ok()?;
+        Some(Rights {
+            mode: mode & 0o7777,
+            uid: fields.next()?.parse().ok()?,
+            gid: fields.next()?.parse().ok()?,
+        })
+    });
+    from_daemon.unwrap_or(Rights { mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() })
+}
+
+/// Gives a file or directory this process just created the rights it had: its owner and
+/// group where this process may set them (root), then its mode, never wider than it was, and
+/// with setuid only if the owner is the one it had (setgid: the group). A root restoring
+/// another user's setuid file must not make it a root-owned setuid file.
+fn restore_rights(file: &File, live: &Path, was: &Rights) -> anyhow::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::fchown(file, Some(was.uid), Some(was.gid)).map_err(|e| {
+            anyhow!("{}: cannot give it back to {}:{}: {}", live.display(), was.uid, was.gid, cause(&e))
+        })?;
+    }
+    let now = file.metadata().map_err(|e| anyhow!("{}: {}", live.display(), cause(&e)))?;
+    let mut mode = was.mode;
+    if now.uid() != was.uid {
+        mode &= !libc::S_ISUID;
+    }
+    if now.gid() != was.gid {
+        mode &= !libc::S_ISGID;
+    }
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| anyhow!("{}: cannot set mode {mode:o}: {}", live.display(), cause(&e)))
 }

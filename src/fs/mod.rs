@@ -67,8 +67,8 @@ pub struct Core {
     /// Invalidations left running after an fsync's reply, per file; closes wait for them.
     late_invalidations: parking_lot::Mutex<std::collections::HashMap<Ino, u32>>,
     late_invalidated: parking_lot::Condvar,
-    /// Report of the last gc run (`user.genfs.gc`).
-    last_gc: parking_lot::Mutex<Vec<u8>>,
+    /// Report of the last gc run (`user.genfs.gc`, shown to each caller as far as it may see).
+    last_gc: parking_lot::Mutex<Option<crate::store::GcReport>>,
     /// Held shared by an open of a view while it checks its generation is still kept, and
     /// exclusively by gc: an open either pins the generation or sees it gone.
     gc_fence: parking_lot::RwLock<()>,
@@ -120,7 +120,7 @@ impl GenFs {
             mounted_at: Timestamp::now(),
             late_invalidations: Default::default(),
             late_invalidated: Default::default(),
-            last_gc: parking_lot::Mutex::new(Vec::new()),
+            last_gc: parking_lot::Mutex::new(None),
             gc_fence: parking_lot::RwLock::new(()),
         });
         let mut threads = Vec::new();
@@ -391,14 +391,17 @@ impl Core {
         let Some(w) = handle.writer() else {
             return self.store.sync().map(|_| false);
         };
-        let force_sync = force || handle.created;
         let mut slot = w.file.slot.lock();
         if slot.epoch != w.epoch || slot.draft.failed {
             return Err(StoreError::io("commit", std::io::Error::from_raw_os_error(libc::EIO)));
         }
         let changed = std::mem::take(&mut *w.changers.lock()).any();
         if !(changed || force) || !slot.draft.dirty {
-            return if force_sync { self.store.sync().map(|_| false) } else { Ok(false) };
+            return match (handle.created, force) {
+                (true, _) => self.store.close_created().map(|_| false),
+                (false, true) => self.store.sync().map(|_| false),
+                (false, false) => Ok(false),
+            };
         }
         // Shells redirect with open(O_TRUNC), dup2, close, write, close: the first close commits
         // the truncation (close-to-open), and the next commit of this handle replaces it.
@@ -471,6 +474,31 @@ impl Core {
         w.changers.lock().wrote(owner);
         w.only_truncated.store(false, Ordering::SeqCst);
         Ok(data.len() as u32)
+    }
+
+    /// Drops setuid, and setgid when group-executable (the kernel's should_remove_suid), from
+    /// the file written through `fh`. True when the mode changed.
+    fn clear_setid_bits(&self, fh: u64) -> StoreResult<bool> {
+        let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
+        let ino = handle.writer().ok_or(StoreError::InvalidArgument)?.file.ino;
+        let perm = self.store.inode(ino)?.perm;
+        let mut kill = perm & libc::S_ISUID as u16;
+        if perm & (libc::S_ISGID | libc::S_IXGRP) as u16 == (libc::S_ISGID | libc::S_IXGRP) as u16 {
+            kill |= libc::S_ISGID as u16;
+        }
+        if kill == 0 {
+            return Ok(false);
+        }
+        self.store.set_attrs(ino, &SetAttrs { perm: Some(perm & !kill), ..Default::default() })?;
+        Ok(true)
+    }
+
+    /// Every node of the file behind `fh`, the writer's own included: a change the kernel
+    /// did not ask for (it learns of it from no reply).
+    fn stale_nodes_all(&self, fh: u64) -> Option<Vec<u64>> {
+        let ino = self.handles.get(fh)?.writer()?.file.ino;
+        let nodes = self.nodes.nodes_of(ino);
+        (!nodes.is_empty()).then_some(nodes)
     }
 
     fn read_handle(&self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
@@ -606,9 +634,9 @@ impl Core {
         Ok(self.file_node_attr(&node, inode, nodeid))
     }
 
-    fn xattr_get(&self, nodeid: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
+    fn xattr_get(&self, nodeid: u64, name: &[u8], req: &Request) -> StoreResult<Vec<u8>> {
         if name.starts_with(XATTR_PREFIX) {
-            return self.version_attr(nodeid, name);
+            return self.version_attr(nodeid, name, req);
         }
         self.store.xattr(self.ino_of(nodeid)?, name)
     }
@@ -756,7 +784,8 @@ impl Filesystem for GenFs {
         if let Some(view) = c.views.get(parent.0) {
             // Names under .genfs/gen are checked per caller (view_ops::may_reach), so the
             // kernel must ask again on every path walk instead of reusing another's dentry.
-            let per_caller = matches!(view, View::Fixed(views::GEN_DIR) | View::Generations { .. });
+            let per_caller =
+                matches!(view, View::Fixed(views::GEN_DIR) | View::Generations { .. } | View::Dir { .. });
             let entry_ttl = if per_caller { Duration::ZERO } else { CACHE_TTL };
             return reply_entry_for(reply, c.view_lookup(&view, name, req), entry_ttl);
         }
@@ -1038,15 +1067,29 @@ impl Filesystem for GenFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.write_handle(fh.0, offset, data, lock_owner.map(|o| o.0)) {
+        let c = &self.core;
+        let written = c.write_handle(fh.0, offset, data, lock_owner.map(|o| o.0));
+        // Writers are direct I/O, so the kernel leaves clearing setuid/setgid to the daemon: it
+        // sets this flag when the writer lacks CAP_FSETID (what ext4 does in file_remove_privs).
+        let stale = match written {
+            Ok(_) if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) => {
+                match c.clear_setid_bits(fh.0) {
+                    Ok(true) => c.stale_nodes_all(fh.0),
+                    Ok(false) => None,
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
+            _ => None,
+        };
+        self.after_invalidating(stale, move |_| match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
@@ -1063,7 +1106,7 @@ impl Filesystem for GenFs {
             // through writing), but the file's name is durable when a close of its creating
             // handle returns.
             if handle.created {
-                return self.submit(move |c| reply_empty(reply, c.store.sync()));
+                return self.submit(move |c| reply_empty(reply, c.store.close_created()));
             }
             return reply.ok();
         }
@@ -1129,7 +1172,12 @@ impl Filesystem for GenFs {
         if let Some(view) = self.core.views.get(ino.0) {
             return match view {
                 View::File { .. } | View::Other { .. } => reply.error(Errno::ENOTDIR),
-                _ => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+                // A directory of the past never changes; the lists of snapshots and of a
+                // file's generations do, and nothing would tell the kernel.
+                View::Dir { .. } => {
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+                }
+                View::Fixed(_) | View::Generations { .. } => reply.opened(FileHandle(0), FopenFlags::empty()),
             };
         }
         match self.core.store.inode(ino.0) {
@@ -1237,8 +1285,8 @@ impl Filesystem for GenFs {
         reply_empty(reply, c.writable_ino_of(ino.0).and_then(|i| c.store.set_xattr(i, name, value, mode)));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.core.xattr_get(ino.0, name.as_bytes()));
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.core.xattr_get(ino.0, name.as_bytes(), req));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -1356,6 +1404,70 @@ impl Filesystem for GenFs {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    // Requests genfs does not serve, answered without a log line: an unprivileged loop must
+    // not be able to grow the daemon's log (Python's open() sends an ioctl on every call).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        // ENOSYS: the kernel stops asking and reports files always ready, as for ext4.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // ENOSYS: the kernel seeks itself (SEEK_DATA/SEEK_HOLE as one extent of data).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // ENOSYS: the kernel copies through read and write instead.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: fuser::ReplyBmap) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(

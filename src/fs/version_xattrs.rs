@@ -10,9 +10,14 @@ use std::collections::HashSet;
 
 impl Core {
     /// A `user.genfs.*` attribute of a node.
-    pub(super) fn version_attr(&self, nodeid: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
-        if let (Some(View::File { gen, .. }), v::GENERATION) = (self.views.get(nodeid), name) {
-            return Ok(gen.to_string().into_bytes());
+    pub(super) fn version_attr(&self, nodeid: u64, name: &[u8], req: &Request) -> StoreResult<Vec<u8>> {
+        match (self.views.get(nodeid), name) {
+            (Some(View::File { gen, .. }), v::GENERATION) => return Ok(gen.to_string().into_bytes()),
+            (Some(View::File { ino, .. } | View::Dir { ino, .. } | View::Other { ino, .. }), v::MODE) => {
+                let inode = self.store.inode(ino)?;
+                return Ok(format!("{:04o} {} {}", inode.perm, inode.uid, inode.gid).into_bytes());
+            }
+            _ => {}
         }
         let ino = self.ino_of(nodeid)?;
         let inode = self.store.inode(ino)?;
@@ -26,7 +31,7 @@ impl Core {
             v::SEQ if root => Ok(self.store.last_seq().to_string().into_bytes()),
             v::DURABLE_SEQ if root => Ok(self.store.durable_seq().to_string().into_bytes()),
             v::STATS if root => Ok(v::stats_text(&self.store.stats()?)),
-            v::GC if root => Ok(self.last_gc.lock().clone()),
+            v::GC if root => self.gc_report_for(req),
             n if file && n.starts_with(v::LOG_BEFORE) => {
                 let before = std::str::from_utf8(&n[v::LOG_BEFORE.len()..])
                     .ok()
@@ -39,17 +44,31 @@ impl Core {
     }
 
     /// Runs gc, keeping every generation a node, view or draft still uses.
-    pub(super) fn run_gc(&self, dry_run: bool) -> StoreResult<Vec<u8>> {
+    pub(super) fn run_gc(&self, dry_run: bool) -> StoreResult<()> {
         let _fence = self.gc_fence.write();
         let mut pinned: HashSet<(Ino, u64)> = self.nodes.pinned().into_iter().collect();
         pinned.extend(self.views.pinned());
         pinned.extend(self.files.pinned());
         let report = self.store.gc(&pinned, dry_run);
         super::return_free_memory();
-        let report = report?;
-        let text = v::gc_text(&report, |ino| self.store.path_of(ino));
-        *self.last_gc.lock() = text.clone();
-        Ok(text)
+        *self.last_gc.lock() = Some(report?);
+        Ok(())
+    }
+
+    /// The last gc report as `req`'s caller may see it: generations of files it may not reach
+    /// (by the rule of `.genfs/gen`) are only counted; their names stay private.
+    fn gc_report_for(&self, req: &Request) -> StoreResult<Vec<u8>> {
+        let Some(mut report) = self.last_gc.lock().clone() else { return Ok(Vec::new()) };
+        let before = report.dropped.len();
+        let mut visible = Vec::with_capacity(before);
+        for entry in report.dropped {
+            if self.may_reach(entry.0, req)? {
+                visible.push(entry);
+            }
+        }
+        report.dropped = visible;
+        let hidden = before - report.dropped.len();
+        Ok(v::gc_text(&report, hidden, |ino| self.store.path_of(ino)))
     }
 }
 
@@ -97,6 +116,11 @@ impl GenFs {
                     })))
                 }
                 v::RETENTION => {
+                    // Write permission on a shared directory is not enough: a policy decides how
+                    // long others' files keep their history.
+                    if req.uid() != 0 && req.uid() != c.store.inode(ino)?.uid {
+                        return Err(StoreError::NotPermitted);
+                    }
                     c.store.set_retention(ino, (!text.is_empty()).then_some(text.as_str()))?;
                     Ok(None)
                 }
@@ -115,7 +139,7 @@ impl GenFs {
                         "dry-run" => true,
                         _ => return Err(StoreError::InvalidArgument),
                     };
-                    Ok(Some(Box::new(move |c: &Core| c.run_gc(dry_run).map(|_| ()))))
+                    Ok(Some(Box::new(move |c: &Core| c.run_gc(dry_run))))
                 }
                 _ => Err(StoreError::NotPermitted),
             }

@@ -14,6 +14,11 @@ use std::sync::Arc;
 const DEPTH_MAX: usize = 4096;
 
 /// Permission bits as a view shows them: no write bits.
+/// Directory permission bits (r-x) for each class that may read a file of mode `perm`.
+fn readable_as_searchable(perm: u16) -> u16 {
+    [0o400, 0o040, 0o004].iter().filter(|&&r| perm & r != 0).map(|&r| r | (r >> 2)).sum()
+}
+
 fn read_only(mut inode: Inode) -> Inode {
     inode.perm &= !0o222;
     inode
@@ -48,6 +53,9 @@ impl Core {
                 let mut attr = self.fixed_dir_attr(nodeid);
                 let inode = self.store.inode(*ino)?;
                 (attr.uid, attr.gid) = (inode.uid, inode.gid);
+                // Open to whoever may read the file, no one else: sizes, times and digests of
+                // its generations tell about its contents.
+                attr.perm = readable_as_searchable(inode.perm);
                 attr
             }
             View::Dir { ino, .. } | View::Other { ino, .. } => {
@@ -82,7 +90,7 @@ impl Core {
     /// `.genfs/gen/INO` names a file by number, skipping the path walk in which the kernel
     /// checks those directories, so the view checks them itself: old generations are open to
     /// whoever may reach the file now. An unlinked file's history: its owner only.
-    fn may_reach(&self, ino: Ino, req: &Request) -> StoreResult<bool> {
+    pub(super) fn may_reach(&self, ino: Ino, req: &Request) -> StoreResult<bool> {
         if req.uid() == 0 {
             return Ok(true);
         }
@@ -164,6 +172,11 @@ impl Core {
             }
             View::Dir { seq, ino } => {
                 let (child, inode) = self.store.lookup_at(*ino, name, *seq)?;
+                // As private as it is now: moved into a 0700 directory, it is gone from others'
+                // view of the past too (the old path's directories may still be open).
+                if !self.may_reach(child, req)? {
+                    return Err(StoreError::PermissionDenied);
+                }
                 self.view_of(*seq, child, inode.kind)?
             }
             View::File { .. } | View::Other { .. } => return Err(StoreError::NotDir),

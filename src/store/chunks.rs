@@ -149,7 +149,7 @@ impl ChunkStore {
     /// Opens the chunk and checks its length and hash; returns it with its bytes.
     fn open_verified(&self, id: &ChunkId) -> StoreResult<(File, Vec<u8>)> {
         let path = self.path(&id.hash);
-        let file = File::open(&path).map_err(|e| {
+        let file = open_no_follow(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::Corrupted(format!("chunk {} is missing", path.display()))
             } else {
@@ -235,4 +235,10 @@ fn evict_oldest_quarter(cache: &mut HashMap<Hash, Cached>) {
     ages.sort_unstable();
     let cutoff = ages[ages.len() / 4];
     cache.retain(|_, c| c.last_used > cutoff);
+}
+
+/// Opens a store file for reading; a symbolic link in its place fails (ELOOP), never followed.
+pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
 }

@@ -112,28 +112,28 @@ impl Store {
     }
 
     /// Hashes, syncs and publishes one staged chunk; None for an all-zero chunk (a hole).
-    fn seal_chunk(&self, s: super::draft::Staged) -> StoreResult<Option<ChunkId>> {
+    fn seal_chunk(&self, mut s: super::draft::Staged) -> StoreResult<Option<ChunkId>> {
         let mut content = vec![0u8; s.len as usize];
-        s.file
-            .read_exact_at(&mut content, 0)
-            .map_err(|e| StoreError::io(format!("read {}", s.path.display()), e))?;
+        let path = s.path.clone();
+        let file = s.file()?;
+        file.read_exact_at(&mut content, 0)
+            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
         if content.iter().all(|b| *b == 0) {
             // An all-zero chunk is a hole: nothing to store.
-            let _ = std::fs::remove_file(&s.path);
+            let _ = std::fs::remove_file(&path);
             return Ok(None);
         }
         let hash = *blake3::hash(&content).as_bytes();
         if !sabotage::skip_data_fsync() {
             self.io
-                .sync_data(&s.file)
-                .map_err(|e| StoreError::io(format!("fdatasync {}", s.path.display()), e))?;
+                .sync_data(file)
+                .map_err(|e| StoreError::io(format!("fdatasync {}", path.display()), e))?;
         }
-        s.file
-            .set_permissions(std::fs::Permissions::from_mode(0o444))
-            .map_err(|e| StoreError::io(format!("chmod {}", s.path.display()), e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o400))
+            .map_err(|e| StoreError::io(format!("chmod {}", path.display()), e))?;
         // The shard is synced even when the chunk was already there: its entry may come
         // from a concurrent commit whose directory fsync has not happened yet.
-        self.chunks.publish(&s.path, &hash)?;
+        self.chunks.publish(&path, &hash)?;
         Ok(Some(ChunkId { hash, len: s.len as u32 }))
     }
 }
@@ -159,6 +159,12 @@ pub(crate) mod sabotage {
         pub(crate) static SKIP_GC_JOURNAL_SYNC: Cell<bool> = const { Cell::new(false) };
         /// A checkpoint records the index durable without fsyncing sled's files.
         pub(crate) static SKIP_CHECKPOINT_INDEX_SYNC: Cell<bool> = const { Cell::new(false) };
+        /// The close of a created file returns without syncing the journal.
+        pub(crate) static SKIP_CREATED_SYNC: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(crate) fn skip_created_sync() -> bool {
+        SKIP_CREATED_SYNC.with(Cell::get)
     }
 
     pub(crate) fn skip_journal_sync() -> bool {
@@ -189,6 +195,10 @@ pub(crate) mod sabotage {
 #[cfg(not(test))]
 pub(crate) mod sabotage {
     pub(crate) fn fail_index_apply() -> bool {
+        false
+    }
+
+    pub(crate) fn skip_created_sync() -> bool {
         false
     }
 

@@ -33,7 +33,7 @@ impl StoreConfig {
 
     pub fn load(store: &Path) -> StoreResult<StoreConfig> {
         let path = store.join(CONFIG_FILE);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match super::chunks::open_no_follow(&path).and_then(std::io::read_to_string) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NotAStore(format!(

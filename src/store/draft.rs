@@ -7,7 +7,7 @@
 use super::chunks::ChunkStore;
 use super::error::{StoreError, StoreResult};
 use super::records::{ChunkId, Ino, Manifest, Timestamp};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -16,11 +16,53 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Largest file genfs stores (as ext4 with 4 KiB blocks); writes past it get EFBIG.
 pub const FILE_BYTES_MAX: u64 = 16 << 40;
 
+/// Staging descriptors one draft keeps open; the others are closed and reopened by path when
+/// touched again. Without a bound, one writer touching a byte in each of 20,000 chunks held
+/// 20,000 descriptors, and every other user's opens failed with EMFILE.
+const STAGED_OPEN_MAX: usize = 16;
+
 pub(crate) struct Staged {
-    pub file: File,
+    /// None while closed to stay within [`STAGED_OPEN_MAX`]; the file itself stays in place.
+    file: Option<File>,
     pub path: PathBuf,
     /// Bytes in the staging file; the chunk reads as zeros after them.
     pub len: u64,
+}
+
+impl Staged {
+    /// The staging file's descriptor, reopened if it was closed. (Closing loses nothing: the
+    /// data is in the page cache, a later fsync of any descriptor writes it, and a writeback
+    /// error nobody has seen yet is reported to descriptors opened after it.)
+    pub fn file(&mut self) -> StoreResult<&File> {
+        if self.file.is_none() {
+            self.file = Some(open_staging(&self.path, false)?);
+        }
+        self.file.as_ref().ok_or(StoreError::InvalidArgument)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> StoreResult<()> {
+        let mut read = |f: &File| {
+            f.read_exact_at(buf, offset)
+                .map_err(|e| StoreError::io(format!("read {}", self.path.display()), e))
+        };
+        match &self.file {
+            Some(f) => read(f),
+            None => read(&open_staging(&self.path, false)?),
+        }
+    }
+}
+
+/// Opens (or with `create`, creates) a staging file; never through a symbolic link.
+fn open_staging(path: &std::path::Path, create: bool) -> StoreResult<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW);
+    if create {
+        options.create_new(true).mode(0o600);
+    }
+    options.open(path).map_err(|e| {
+        let what = if create { "create" } else { "reopen" };
+        StoreError::io(format!("{what} staging file {}", path.display()), e)
+    })
 }
 
 pub(crate) enum Slot {
@@ -40,6 +82,8 @@ pub struct Draft {
     /// A commit of this draft failed: it must never be published (G5).
     pub failed: bool,
     staging_dir: PathBuf,
+    /// Chunks whose staging descriptor is open, oldest first.
+    open_staged: VecDeque<u64>,
 }
 
 static STAGING_SERIAL: AtomicU64 = AtomicU64::new(0);
@@ -55,21 +99,27 @@ impl Draft {
             dirty: false,
             failed: false,
             staging_dir,
+            open_staged: VecDeque::new(),
         }
     }
 
     fn new_staged(&self, idx: u64) -> StoreResult<Staged> {
         let serial = STAGING_SERIAL.fetch_add(1, Ordering::Relaxed);
         let path = self.staging_dir.join(format!("{}-{}-{idx}-{serial}", std::process::id(), self.ino));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| StoreError::io(format!("create staging file {}", path.display()), e))?;
-        Ok(Staged { file, path, len: 0 })
+        let file = open_staging(&path, true)?;
+        Ok(Staged { file: Some(file), path, len: 0 })
+    }
+
+    /// Records that chunk `idx`'s descriptor is open, closing the oldest beyond the bound.
+    fn opened(&mut self, idx: u64) {
+        self.open_staged.retain(|&i| i != idx);
+        self.open_staged.push_back(idx);
+        while self.open_staged.len() > STAGED_OPEN_MAX {
+            let Some(oldest) = self.open_staged.pop_front() else { break };
+            if let Some(Slot::Staged(s)) = self.slots.get_mut(&oldest) {
+                s.file = None;
+            }
+        }
     }
 
     /// The staging file for chunk `idx`, copying the committed chunk on first touch.
@@ -84,12 +134,16 @@ impl Draft {
             if let Some(id) = base {
                 let bytes = chunks.read_chunk(&id)?;
                 staged
-                    .file
+                    .file()?
                     .write_all_at(&bytes, 0)
                     .map_err(|e| StoreError::io(format!("write {}", staged.path.display()), e))?;
                 staged.len = bytes.len() as u64;
             }
             self.slots.insert(idx, Slot::Staged(staged));
+        }
+        let was_open = matches!(self.slots.get(&idx), Some(Slot::Staged(s)) if s.file.is_some());
+        if !was_open || needs_copy.is_some() {
+            self.opened(idx);
         }
         match self.slots.get_mut(&idx) {
             Some(Slot::Staged(s)) => Ok(s),
@@ -111,7 +165,7 @@ impl Draft {
             let piece = &data[(pos - offset) as usize..][..n as usize];
             let staged = self.staged(idx, chunks)?;
             staged
-                .file
+                .file()?
                 .write_all_at(piece, within)
                 .map_err(|e| StoreError::io(format!("write {}", staged.path.display()), e))?;
             staged.len = staged.len.max(within + n);
@@ -139,9 +193,7 @@ impl Draft {
                 Some(Slot::Committed(id)) => chunks.read_into(id, within, dst)?,
                 Some(Slot::Staged(s)) if within < s.len => {
                     let want = dst.len().min((s.len - within) as usize);
-                    s.file
-                        .read_exact_at(&mut dst[..want], within)
-                        .map_err(|e| StoreError::io(format!("read {}", s.path.display()), e))?;
+                    s.read_exact_at(&mut dst[..want], within)?;
                 }
                 _ => {}
             }
@@ -170,7 +222,7 @@ impl Draft {
             if within > 0 && longer {
                 let staged = self.staged(idx, chunks)?;
                 staged
-                    .file
+                    .file()?
                     .set_len(within)
                     .map_err(|e| StoreError::io(format!("truncate {}", staged.path.display()), e))?;
                 staged.len = within;

@@ -17,6 +17,11 @@ pub enum StoreError {
     Corrupted(String),
     /// The directory is not a genfs store (or one of another format version).
     NotAStore(String),
+    /// The store's files could be changed by someone the daemon must not trust (issue 12).
+    Unsafe(String),
+    /// The index lost what the journal no longer holds: no tool of genfs can rebuild it; the
+    /// message says what can be done.
+    IndexLost(String),
     /// A previous journal sync failed: the store refuses writes until remounted (G5).
     ReadOnlyAfterIoFailure,
     /// The store was opened read-only.
@@ -54,6 +59,8 @@ impl StoreError {
             StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             StoreError::Corrupted(_) => libc::EIO,
             StoreError::NotAStore(_) => libc::EINVAL,
+            StoreError::Unsafe(_) => libc::EPERM,
+            StoreError::IndexLost(_) => libc::EIO,
             StoreError::ReadOnlyAfterIoFailure | StoreError::ReadOnly => libc::EROFS,
             StoreError::NotFound => libc::ENOENT,
             StoreError::Exists => libc::EEXIST,
@@ -80,6 +87,8 @@ impl StoreError {
             StoreError::Io { .. }
                 | StoreError::Corrupted(_)
                 | StoreError::NotAStore(_)
+                | StoreError::Unsafe(_)
+                | StoreError::IndexLost(_)
                 | StoreError::ReadOnlyAfterIoFailure
         )
     }
@@ -90,7 +99,9 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Io { context, source } => write!(f, "{context}: {source}"),
             StoreError::Corrupted(what) => write!(f, "store is damaged: {what} (run `genfs fsck`)"),
-            StoreError::NotAStore(what) => write!(f, "{what}"),
+            StoreError::NotAStore(what) | StoreError::Unsafe(what) | StoreError::IndexLost(what) => {
+                write!(f, "{what}")
+            }
             StoreError::ReadOnlyAfterIoFailure => {
                 write!(f, "store is read-only after a failed journal sync; remount it to recover")
             }

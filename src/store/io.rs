@@ -44,7 +44,7 @@ impl StoreIo for RealIo {
     }
 
     fn open_rw(&self, path: &Path) -> io::Result<File> {
-        OpenOptions::new().read(true).write(true).open(path)
+        OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(path)
     }
 
     fn write_all_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -76,7 +76,8 @@ impl StoreIo for RealIo {
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir(path)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(path)
     }
 }
 

@@ -545,7 +545,7 @@ fn read_marker(path: &Path) -> StoreResult<Option<u64>> {
 /// Reads a file of sequence numbers (`SEQ SEQ … CRC`, the checksum over the numbers' text);
 /// None if it does not exist.
 fn read_seqs(path: &Path) -> StoreResult<Option<Vec<u64>>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match super::chunks::open_no_follow(path).and_then(std::io::read_to_string) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),

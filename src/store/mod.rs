@@ -177,6 +177,10 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io(format!("read {}", path.display()), e)),
         }
+        // Others must not read the chunks (they hold every file's contents) nor change the tree.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err(format!("chmod 700 {}", path.display())))?;
+        safety::check_store_files(path, euid())?;
         for sub in ["journal", "index", "chunks", "staging"] {
             let p = path.join(sub);
             io.create_dir(&p).map_err(io_err(format!("create {}", p.display())))?;
@@ -191,7 +195,7 @@ impl Store {
         journal.sync_to(record.seq)?;
         // The config file is written last: its presence marks a complete store.
         let tmp = path.join("genfs.toml.tmp");
-        let f = io.create_new(&tmp, 0o644).map_err(io_err(format!("create {}", tmp.display())))?;
+        let f = io.create_new(&tmp, 0o600).map_err(io_err(format!("create {}", tmp.display())))?;
         io.write_all_at(&f, config.render().as_bytes(), 0)
             .map_err(io_err(format!("write {}", tmp.display())))?;
         io.sync_data(&f).map_err(io_err(format!("fsync {}", tmp.display())))?;
@@ -206,6 +210,7 @@ impl Store {
 
     /// Opens a store: takes its lock, clears staging, replays the journal into the index.
     pub fn open_with_io(path: &Path, io: Arc<dyn StoreIo>) -> StoreResult<Store> {
+        safety::check_store_files(path, euid())?;
         let config = StoreConfig::load(path)?;
         let lock_file = take_lock(path)?;
         let removed_staging_files = clear_dir(&path.join("staging"))?;
@@ -226,7 +231,18 @@ impl Store {
             journal.resume_above(seq);
         }
         if index.inode(ROOT_INO)?.is_none() {
-            return Err(StoreError::Corrupted("the root directory is missing from the index".into()));
+            // fsck opens the store the same way, so "run fsck" would send the user in a circle.
+            let index = path.join("index");
+            return Err(StoreError::IndexLost(format!(
+                "the index {} has lost the root directory (deleted, emptied or replaced?), and the \
+                 journal keeps only the changes since its last checkpoint (sequence {}), so genfs \
+                 cannot rebuild it: put back a copy of {} taken while the store was not mounted; \
+                 the files' contents are all still in {}",
+                index.display(),
+                replay.checkpoint_seq,
+                index.display(),
+                path.join("chunks").display()
+            )));
         }
         let next_ino = index.next_ino()?;
         let hard_links = ChunkStore::probe_hard_links(&path.join("staging"));
@@ -337,6 +353,15 @@ impl Store {
     }
 
     /// Makes every namespace change so far durable (fsync of a directory, periodic sync).
+    /// The close of a descriptor whose create made the file, written or not: the file's name is
+    /// durable when this returns (G4; programs rely on empty marker and lock files).
+    pub fn close_created(&self) -> StoreResult<()> {
+        if commit::sabotage::skip_created_sync() {
+            return Ok(());
+        }
+        self.sync()
+    }
+
     pub fn sync(&self) -> StoreResult<()> {
         if self.journal.last_seq() == self.journal.durable_seq() {
             return Ok(());
@@ -810,6 +835,12 @@ fn take_cookie(dir: &mut Inode) -> u64 {
     c
 }
 
+/// The daemon's effective user: root must not trust a store others can change (`safety`).
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 fn take_lock(store: &Path) -> StoreResult<File> {
     let path = store.join("lock");
     let file = std::fs::OpenOptions::new()
@@ -818,6 +849,7 @@ fn take_lock(store: &Path) -> StoreResult<File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(io_err(format!("open {}", path.display())))?;
     use std::os::fd::AsRawFd;
@@ -874,5 +906,6 @@ mod crash_tests;
 mod crashsim;
 #[cfg(test)]
 mod fault_tests;
+pub mod safety;
 #[cfg(test)]
 mod tests;

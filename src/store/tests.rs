@@ -1440,6 +1440,21 @@ fn a_store_in_use_cannot_be_opened_twice() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn a_lost_index_says_what_can_be_done_instead_of_sending_to_fsck() {
+    let (_tmp, path, store) = new_store(4096);
+    let ino = create_file(&store, ROOT_INO, "f");
+    write_and_commit(&store, ino, 0, b"kept in chunks");
+    store.checkpoint().unwrap();
+    drop(store);
+    std::fs::remove_dir_all(path.join("index")).unwrap();
+    let err = open_err(&path);
+    let message = err.to_string();
+    assert!(matches!(err, StoreError::IndexLost(_)), "{message}");
+    assert!(message.contains("cannot rebuild") && message.contains("chunks"), "{message}");
+    assert!(!message.contains("fsck"), "{message}");
+}
+
+#[test]
 fn opening_a_plain_directory_says_it_is_not_a_store() {
     let tmp = tempfile::tempdir().unwrap();
     let message = open_err(tmp.path()).to_string();

@@ -76,6 +76,11 @@ impl Retention {
     }
 }
 
+/// Bounds on policy values, far above any real need, so that arithmetic on times and counts
+/// cannot overflow: 10,000 years, and a billion generations or periods.
+const KEEP_SECS_MAX: u64 = 10_000 * 366 * DAY_SECS as u64;
+const KEEP_COUNT_MAX: u64 = 1_000_000_000;
+
 fn parse_duration(v: &str) -> Option<u64> {
     let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit())?);
     let n: u64 = num.parse().ok()?;
@@ -87,7 +92,7 @@ fn parse_duration(v: &str) -> Option<u64> {
         "w" => 7 * 86_400,
         _ => return None,
     };
-    n.checked_mul(mult)
+    n.checked_mul(mult).filter(|&s| s <= KEEP_SECS_MAX)
 }
 
 fn parse_bytes(v: &str) -> Option<u64> {
@@ -106,9 +111,22 @@ impl FromStr for Retention {
 
     fn from_str(s: &str) -> Result<Retention, String> {
         let mut r = Retention::default();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let items: Vec<&str> = s.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+        if items.is_empty() {
+            // Not "keep nothing": a stray comma must not drop history.
+            return Err(format!(
+                "`{s}`: no key=value in the policy (to keep nothing, say keep-last=0; to inherit, \
+                 set an empty value)"
+            ));
+        }
+        for item in items {
             let (k, v) = item.split_once('=').ok_or_else(|| format!("`{item}`: expected key=value"))?;
-            let count = || v.parse::<u64>().map_err(|_| format!("`{item}`: {v} is not a count"));
+            let count = || {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|&n| n <= KEEP_COUNT_MAX)
+                    .ok_or_else(|| format!("`{item}`: {v} is not a count from 0 to {KEEP_COUNT_MAX}"))
+            };
             match k {
                 "keep-last" => r.keep_last = Some(count()?),
                 "keep-hourly" => r.keep_hourly = Some(count()?),
@@ -116,10 +134,9 @@ impl FromStr for Retention {
                 "keep-weekly" => r.keep_weekly = Some(count()?),
                 "keep-monthly" => r.keep_monthly = Some(count()?),
                 "keep-within" => {
-                    r.keep_within_secs = Some(
-                        parse_duration(v)
-                            .ok_or_else(|| format!("`{item}`: durations look like 90s, 30m, 24h, 7d, 2w"))?,
-                    )
+                    r.keep_within_secs = Some(parse_duration(v).ok_or_else(|| {
+                        format!("`{item}`: durations look like 90s, 30m, 24h, 7d, 2w (at most 10000 years)")
+                    })?)
                 }
                 "max-size" => {
                     r.max_size = Some(match v.strip_suffix('%') {
@@ -345,6 +362,10 @@ impl Store {
     /// A named snapshot of the whole tree: one record, whatever the size of the tree.
     pub fn snapshot_create(&self, name: &[u8]) -> StoreResult<u64> {
         super::validate_name(name)?;
+        // Listings are one name a line, fields split by TAB: control characters would break them.
+        if name.iter().any(|b| b.is_ascii_control()) {
+            return Err(StoreError::InvalidName);
+        }
         let _ns = self.ns_lock.lock();
         if self.index.snapshots()?.iter().any(|(n, _)| n == name) {
             return Err(StoreError::Exists);
@@ -380,6 +401,10 @@ impl Store {
         for _ in 0..4096 {
             if let Some(text) = self.index.xattr(at, RETENTION_XATTR)? {
                 let text = String::from_utf8_lossy(&text);
+                if text.trim().is_empty() {
+                    // Stored by a build that took a policy of only commas as keep-nothing.
+                    return Ok(Retention::default());
+                }
                 return text.parse().map_err(|e| StoreError::Corrupted(format!("retention of {at}: {e}")));
             }
             if at == super::records::ROOT_INO {
@@ -674,6 +699,17 @@ mod tests {
         assert!("keep-last=many".parse::<Retention>().is_err());
         assert!("max-size=120%".parse::<Retention>().is_err());
         assert_eq!("max-size=2G".parse::<Retention>().unwrap().max_size, Some(MaxSize::Bytes(2 << 30)));
+        // Values whose arithmetic would overflow, and a policy of nothing but commas.
+        for bad in [
+            "keep-within=9223372036854775808s",
+            "keep-within=99999999999w",
+            "keep-monthly=9223372036854775808",
+            ",",
+            " , ,",
+        ] {
+            assert!(bad.parse::<Retention>().is_err(), "{bad}");
+        }
+        assert!("keep-within=100w,keep-monthly=1200".parse::<Retention>().is_ok());
     }
 
     #[test]

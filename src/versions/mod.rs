@@ -24,6 +24,9 @@ pub const SEQ: &[u8] = b"user.genfs.seq";
 pub const DURABLE_SEQ: &[u8] = b"user.genfs.durable-seq";
 pub const STATS: &[u8] = b"user.genfs.stats";
 pub const GC: &[u8] = b"user.genfs.gc";
+/// On a view's file or directory: `MODE UID GID` as it was, write bits included (the view
+/// itself shows none), so `restore --tree` can bring back what the view cannot show.
+pub const MODE: &[u8] = b"user.genfs.mode";
 
 /// The kernel's limit on an xattr value.
 pub const VALUE_BYTES_MAX: usize = 64 << 10;
@@ -93,11 +96,15 @@ pub fn stats_text(s: &Stats) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The report of a gc run; `name_of` gives a path (or the inode number) for a file.
-pub fn gc_text(r: &GcReport, name_of: impl Fn(Ino) -> String) -> Vec<u8> {
+/// The report of a gc run; `name_of` gives a path (or the inode number) for a file; `hidden`
+/// counts the dropped generations of files the reader may not see, which it does not list.
+pub fn gc_text(r: &GcReport, hidden: usize, name_of: impl Fn(Ino) -> String) -> Vec<u8> {
     let mut out = String::new();
     for (ino, gen, size) in &r.dropped {
         let _ = writeln!(out, "{}\t{gen}\t{size}", name_of(*ino));
+    }
+    if hidden > 0 {
+        let _ = writeln!(out, "hidden\t{hidden}");
     }
     let _ = writeln!(out, "freed_chunks\t{}\nfreed_bytes\t{}", r.freed_chunks, r.freed_bytes);
     out.into_bytes()

@@ -56,7 +56,8 @@ fn mount_device(mnt: &Path) -> Option<String> {
     })
 }
 
-fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+/// Polls `f` every 10 ms until it holds or `deadline` passes; whether it held.
+pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < deadline {
         if f() {
@@ -287,4 +288,47 @@ pub fn fcntl_lock(f: &std::fs::File, cmd: i32, typ: i32, start: i64, len: i64) -
     fl.l_len = len;
     // SAFETY: valid descriptor and flock pointer.
     unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), cmd, &fl) == 0 }
+}
+
+/// Aborts the FUSE connection of `mnt` if not disarmed within `limit`, so that a hung daemon
+/// fails the test instead of hanging it (processes waiting on the mount get ENOTCONN). The
+/// limit guards liveness only: set it far above any normal run.
+pub struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl Watchdog {
+    pub fn arm(mnt: &Path, limit: Duration) -> Watchdog {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, mnt) = (done.clone(), mnt.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if start.elapsed() > limit {
+                    abort_connection(&mnt);
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            true
+        });
+        Watchdog { done, thread: Some(thread) }
+    }
+
+    /// Stops it; false if it had fired.
+    pub fn disarm(mut self) -> bool {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> bool {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().is_none_or(|t| t.join().unwrap_or(false))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
