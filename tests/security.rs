@@ -231,6 +231,22 @@ fn only_the_owner_sets_a_retention_policy() {
         mine.display()
     ));
     assert!(ok, "{out}");
+    // In their own directory, their policy shortens their files' history, not root's files'.
+    let (ok, out) = as_other(&format!("cd {} && for i in 1 2 3; do echo $i > theirs; done", mine.display()));
+    assert!(ok, "{out}");
+    for i in 0..3 {
+        write_file(&mine.join("roots"), format!("{i}").as_bytes()).unwrap();
+    }
+    let (ok, out) = as_other(&format!("setfattr -n user.genfs.retention -v keep-last=1 {}", mine.display()));
+    assert!(ok, "{out}");
+    xattr::set(&m.mnt, "user.genfs.gc", b"run").unwrap();
+    let generations = |name: &str| getfattr(&mine.join(name), "user.genfs.log").unwrap().lines().count();
+    assert_eq!(generations("theirs"), 1);
+    assert_eq!(generations("roots"), 3, "a user's policy dropped history of root's file");
+    assert_eq!(
+        getfattr(&mine.join("roots"), "user.genfs.retention").unwrap(),
+        getfattr(&m.mnt, "user.genfs.retention").unwrap()
+    );
     xattr::set(&shared, "user.genfs.retention", b"keep-last=4").unwrap();
     // A policy of nothing but commas is an error, not "keep nothing".
     assert_eq!(

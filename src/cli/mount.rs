@@ -503,7 +503,7 @@ impl Daemon {
         }
         if let Some(policy) = &self.opts.retention {
             store
-                .set_retention(ROOT_INO, Some(policy))
+                .set_retention(ROOT_INO, Some(policy), euid())
                 .with_context(|| format!("cannot set retention={policy} on the root"))?;
         }
         let fs = GenFs::new(store);

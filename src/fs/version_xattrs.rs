@@ -121,7 +121,7 @@ impl GenFs {
                     if req.uid() != 0 && req.uid() != c.store.inode(ino)?.uid {
                         return Err(StoreError::NotPermitted);
                     }
-                    c.store.set_retention(ino, (!text.is_empty()).then_some(text.as_str()))?;
+                    c.store.set_retention(ino, (!text.is_empty()).then_some(text.as_str()), req.uid())?;
                     Ok(None)
                 }
                 v::SNAPSHOT_CREATE => {

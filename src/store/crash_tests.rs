@@ -521,7 +521,7 @@ impl Run {
     fn op_retention(&mut self) {
         let keep = 1 + self.rng.below(3);
         self.begin(format!("retention keep-last={keep}"));
-        self.store().set_retention(ROOT_INO, Some(&format!("keep-last={keep}"))).unwrap();
+        self.store().set_retention(ROOT_INO, Some(&format!("keep-last={keep}")), 0).unwrap();
         self.end(false);
     }
 
@@ -1439,7 +1439,7 @@ fn gc_crash_states(skip_journal_sync: bool) -> Vec<(Pick, Vec<String>)> {
         draft.write(0, &[i + 1; 100], store.chunks()).unwrap();
         store.commit(&mut draft).unwrap();
     }
-    store.set_retention(f, Some("keep-last=1")).unwrap();
+    store.set_retention(f, Some("keep-last=1"), 0).unwrap();
     store.checkpoint().unwrap();
     let chunk_files = || -> HashSet<PathBuf> {
         let shards = std::fs::read_dir(path.join("chunks")).unwrap();
@@ -1553,7 +1553,7 @@ fn a_crash_during_gc_pruning_loses_nothing_kept() {
     Store::mkfs(&path, CS, OWNER).unwrap();
     let sim = CrashSim::new(&path).unwrap();
     let store = open_store(&path, Some(sim.clone())).unwrap();
-    store.set_retention(ROOT_INO, Some("keep-last=2")).unwrap();
+    store.set_retention(ROOT_INO, Some("keep-last=2"), 0).unwrap();
     let commit = |ino: Ino, data: &[u8]| {
         let mut draft = store.new_draft(ino).unwrap();
         draft.write(0, data, store.chunks()).unwrap();

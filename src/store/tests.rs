@@ -1230,7 +1230,7 @@ fn time_travel_before_a_dropped_first_generation_shows_the_file_empty() {
     let empty_then = store.last_seq();
     write_and_commit(&store, ino, 0, b"one");
     write_and_commit(&store, ino, 0, b"two");
-    store.set_retention(ROOT_INO, Some("keep-last=1")).unwrap();
+    store.set_retention(ROOT_INO, Some("keep-last=1"), 0).unwrap();
     store.gc(&std::collections::HashSet::new(), false).unwrap();
     assert_eq!(store.generations(ino).unwrap().len(), 1);
     let (gen, manifest) = store.generation_at(ino, empty_then).unwrap();
@@ -1504,7 +1504,7 @@ fn mkfs_records_chunk_size_and_owner() {
 fn gc_removes_inodes_whose_history_is_gone() {
     let (_tmp, _path, store) = new_store(CS);
     let dir = mkdir(&store, ROOT_INO, "d");
-    store.set_retention(dir, Some("keep-last=2")).unwrap();
+    store.set_retention(dir, Some("keep-last=2"), 0).unwrap();
     // Ten saves by rename: a chain of ten inodes behind "f".
     let first = create_file(&store, dir, "f");
     write_and_commit(&store, first, 0, b"v0");
@@ -1549,7 +1549,7 @@ fn gc_removes_inodes_whose_history_is_gone() {
 #[test]
 fn a_snapshot_pins_only_what_its_tree_showed() {
     let (_tmp, _path, store) = new_store(CS);
-    store.set_retention(ROOT_INO, Some("keep-last=1")).unwrap();
+    store.set_retention(ROOT_INO, Some("keep-last=1"), 0).unwrap();
     let first = create_file(&store, ROOT_INO, "f");
     write_and_commit(&store, first, 0, b"v1");
     store.snapshot_create(b"s").unwrap();

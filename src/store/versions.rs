@@ -60,6 +60,8 @@ pub struct Retention {
 
 /// Where a file's own retention setting is kept (a hidden attribute of the inode).
 const RETENTION_XATTR: &[u8] = b"user.genfs.retention";
+/// Who set it, when not root: such a policy applies only to files its setter may write.
+const RETENTION_SETTER_XATTR: &[u8] = b"user.genfs.retention-setter";
 const DAY_SECS: i64 = 86_400;
 /// Name-history entries gc drops per journal record (records stay small).
 const PRUNE_OPS_PER_RECORD: usize = 1024;
@@ -395,11 +397,19 @@ impl Store {
     }
 
     /// The policy that applies to `ino`: its own, else the nearest ancestor's, else the default.
-    /// A file or directory without a name inherits from the directory it was removed from.
+    /// A file or directory without a name inherits from the directory it was removed from. A
+    /// policy set by a user other than root is passed over for files that user may not write
+    /// (judged by owner and others' bits: the setter's groups are not known here), so no one
+    /// shortens the history of others' files.
     pub fn retention_of(&self, ino: Ino) -> StoreResult<Retention> {
+        let target = self.inode(ino)?;
         let mut at = ino;
         for _ in 0..4096 {
-            if let Some(text) = self.index.xattr(at, RETENTION_XATTR)? {
+            let setter = self.index.xattr(at, RETENTION_SETTER_XATTR)?;
+            let setter: Option<u32> = setter.and_then(|s| String::from_utf8_lossy(&s).parse().ok());
+            let applies = setter.is_none_or(|uid| uid == target.uid || target.perm & 0o002 != 0);
+            let own = if applies { self.index.xattr(at, RETENTION_XATTR)? } else { None };
+            if let Some(text) = own {
                 let text = String::from_utf8_lossy(&text);
                 if text.trim().is_empty() {
                     // Stored by a build that took a policy of only commas as keep-nothing.
@@ -415,18 +425,28 @@ impl Store {
         Ok(Retention::default_policy())
     }
 
-    /// Sets (or with None clears) the policy of `ino`; `text` is checked first.
-    pub fn set_retention(&self, ino: Ino, text: Option<&str>) -> StoreResult<()> {
-        match text {
-            Some(t) => {
-                let policy: Retention = t.parse().map_err(|_| StoreError::InvalidArgument)?;
-                let canonical = policy.to_string();
-                self.set_xattr(ino, RETENTION_XATTR, canonical.as_bytes(), super::XattrMode::Any)
-            }
-            None => match self.remove_xattr(ino, RETENTION_XATTR) {
-                Err(StoreError::NoAttribute) => Ok(()),
-                other => other,
-            },
+    /// Sets (or with None clears) the policy of `ino` on behalf of user `setter`; `text` is
+    /// checked first. Of the two attributes, the one that narrows the policy's reach is written
+    /// first, so a crash between them never widens it.
+    pub fn set_retention(&self, ino: Ino, text: Option<&str>, setter: u32) -> StoreResult<()> {
+        let remove = |name: &[u8]| match self.remove_xattr(ino, name) {
+            Err(StoreError::NoAttribute) => Ok(()),
+            other => other,
+        };
+        let Some(t) = text else {
+            remove(RETENTION_XATTR)?;
+            return remove(RETENTION_SETTER_XATTR);
+        };
+        let policy: Retention = t.parse().map_err(|_| StoreError::InvalidArgument)?;
+        let canonical = policy.to_string();
+        let set_policy = || self.set_xattr(ino, RETENTION_XATTR, canonical.as_bytes(), super::XattrMode::Any);
+        if setter == 0 {
+            set_policy()?;
+            remove(RETENTION_SETTER_XATTR)
+        } else {
+            let uid = setter.to_string();
+            self.set_xattr(ino, RETENTION_SETTER_XATTR, uid.as_bytes(), super::XattrMode::Any)?;
+            set_policy()
         }
     }
 
