@@ -95,6 +95,7 @@ fn judge_versions(r: &mut Report, sizes: &Sizes) {
             _ => r.check(target, "not measured", None),
         }
     }
+    judge_listings(r, sizes);
     let last = stages.len() - 1;
     for p in ["p50", "p99"] {
         let target = format!("W8 commit latency {p} flat within 1.5× ({} → {} files)", files(0), files(last));
@@ -122,5 +123,37 @@ fn judge_versions(r: &mut Report, sizes: &Sizes) {
     match rss {
         Some(mib) => r.check(target, format!("{} MiB", fmt_value(mib)), Some(mib < 300.0)),
         None => r.check(target, "not measured", None),
+    }
+}
+
+/// W9 (issue 12): linear cost (the whole within 8× the quarter: 4× is linear, 16× quadratic,
+/// 8× halfway between on a log scale, so load on the machine does not flip the verdict),
+/// and 100,000 entries or generations under 1 s.
+fn judge_listings(r: &mut Report, sizes: &Sizes) {
+    let rows = [
+        ("W9.view", "listing a .genfs/at view", sizes.view_entries, "entries"),
+        ("W9.log.cli", "`genfs log`", sizes.view_log_generations, "generations"),
+        ("W9.log.pages", "reading every log page", sizes.view_log_generations, "generations"),
+    ];
+    for (key, what, n, unit) in rows {
+        let (quarter, whole) = (r.genfs(&format!("{key}.quarter")), r.genfs(&format!("{key}.whole")));
+        let target = format!(
+            "W9 {what}: linear ({} → {} {unit} within 8×)",
+            fmt_value((n / 4) as f64),
+            fmt_value(n as f64)
+        );
+        match (quarter, whole) {
+            (Some(a), Some(b)) if a > 0.0 => r.check(
+                target,
+                format!("{} → {} ms: {}", fmt_value(a), fmt_value(b), fmt_ratio(b / a)),
+                Some(b / a <= 8.0),
+            ),
+            _ => r.check(target, "not measured", None),
+        }
+        let target = format!("W9 {what} of {} {unit} < 1 s", fmt_value(n as f64));
+        match whole {
+            Some(ms) => r.check(target, format!("{} ms", fmt_value(ms)), Some(ms < 1000.0)),
+            None => r.check(target, "not measured", None),
+        }
     }
 }

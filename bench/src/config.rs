@@ -6,9 +6,9 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: genfs-bench --genfs PATH [--quick | --medium] [options]
 
-Runs workloads W1-W8 of issue 5, interleaved, against a native directory, bindfs -o big_writes,
-fuse-overlayfs and genfs, all on the disk that holds --dir; prints a markdown table and writes
-results.md and results.json. Needs root (drop_caches, mounts). Usually started by bench/run.
+Runs workloads W1-W8 of issue 5 and W9 of issue 12, interleaved, against a native directory,
+bindfs -o big_writes, fuse-overlayfs and genfs (W7-W9: genfs only), all on the disk that holds
+--dir; prints a markdown table and writes results.md and results.json. Needs root (drop_caches, mounts). Usually started by bench/run.
 
 options:
   --genfs PATH       the genfs binary (target/release/genfs)
@@ -17,7 +17,7 @@ options:
   --runs N           runs per workload, medians reported (default 3)
   --dir PATH         scratch directory on the disk under test (default /var/tmp/genfs-bench)
   --out PATH         where results.md and results.json go (default DIR/results)
-  --only LIST        comma-separated workloads to run, e.g. W1,W4,W8 (default all)
+  --only LIST        comma-separated workloads to run, e.g. W1,W4,W9 (default all)
   --cargo-lock PATH  Cargo.lock whose crates make the W6 source tree (default ./Cargo.lock)
   --keep             keep the scratch data (default: removed at the end)
 ";
@@ -59,6 +59,10 @@ pub struct Sizes {
     pub old_gen_bytes: u64,
     /// W7: snapshots taken at each tree size.
     pub snapshot_reps: usize,
+    /// W9: entries of the directory whose `.genfs/at` view is listed.
+    pub view_entries: usize,
+    /// W9: generations of the file whose whole log is read.
+    pub view_log_generations: usize,
     /// W8: files in the store at each stage (W7 snapshots use the first two).
     pub scale_stages: Vec<usize>,
     /// W8: commits timed at each stage.
@@ -78,6 +82,8 @@ impl Sizes {
                 log_generations: 200,
                 old_gen_bytes: 16 << 20,
                 snapshot_reps: 3,
+                view_entries: 8_000,
+                view_log_generations: 2_000,
                 scale_stages: vec![1000, 5000, 10_000],
                 commit_samples: 30,
             },
@@ -91,6 +97,8 @@ impl Sizes {
                 log_generations: 10_000,
                 old_gen_bytes: 64 << 20,
                 snapshot_reps: 5,
+                view_entries: 40_000,
+                view_log_generations: 20_000,
                 scale_stages: vec![1000, 100_000, 300_000],
                 commit_samples: 200,
             },
@@ -104,6 +112,8 @@ impl Sizes {
                 log_generations: 10_000,
                 old_gen_bytes: 256 << 20,
                 snapshot_reps: 5,
+                view_entries: 100_000,
+                view_log_generations: 100_000,
                 scale_stages: vec![1000, 100_000, 1_000_000],
                 commit_samples: 300,
             },

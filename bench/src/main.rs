@@ -1,4 +1,4 @@
-//! genfs-bench: the side-by-side benchmark of issue 5. Runs W1–W8 against a native directory,
+//! genfs-bench: the side-by-side benchmark of issue 5. Runs W1–W9 (W9: issue 12) against a native directory,
 //! `bindfs -o big_writes`, `fuse-overlayfs` and genfs, all on the disk that holds `--dir`,
 //! interleaved run by run; prints a markdown table with medians and the genfs ratios, judges the
 //! targets of the issue, and writes `results.md` and `results.json`.
@@ -130,6 +130,12 @@ fn workloads(
         let genfs_target = workloads::genfs_target(&targets)?;
         timed("W7 log and old generations", &mut |r| {
             versions::w7_history(genfs, genfs_target, sizes, runs, r)
+        })?;
+    }
+    if opts.wants("W9") {
+        let genfs_target = workloads::genfs_target(&targets)?;
+        timed("W9 listings of views and logs at scale", &mut |r| {
+            versions::w9_listings(genfs, genfs_target, sizes, runs, r)
         })?;
     }
     // The peers are done: unmount them before the long genfs-only part.

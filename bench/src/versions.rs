@@ -1,4 +1,4 @@
-//! W7 (versions) and W8 (scale): genfs only, so these rows have a genfs column and nothing to
+//! W7 (versions), W8 (scale) and W9 (listings of views and logs at scale): genfs only, so these rows have a genfs column and nothing to
 //! compare against; the targets of issue 5 judge them on their own (see `checks`).
 
 use crate::config::Sizes;
@@ -34,14 +34,7 @@ pub fn w7_history(
     let logged = dir.join("logged.txt");
     let g = sizes.log_generations;
     let start = Instant::now();
-    for i in 0..g {
-        if i % 256 == 0 {
-            util::check_stop()?;
-        }
-        let f = OpenOptions::new().write(true).create(true).truncate(false).open(&logged)?;
-        f.write_all_at(format!("generation {i:>12}\n").as_bytes(), 0)?;
-        close(f).with_context(|| format!("close {} (commit {i})", logged.display()))?;
-    }
+    make_generations(&logged, g)?;
     let label = "W7 building the log: open, 25-byte write, close (1 thread)";
     add(report, "W7.log.build", label, "commits/s", Better::Higher, util::per_s(g, start.elapsed()));
     let reps = runs.max(5);
@@ -124,6 +117,88 @@ fn old_generation_reads(
                 Better::Higher,
                 util::mib_per_s(n, warm),
             );
+        }
+    }
+    Ok(())
+}
+
+/// Commits `g` generations of `path`: open, a 25-byte write, close.
+fn make_generations(path: &Path, g: usize) -> anyhow::Result<()> {
+    for i in 0..g {
+        if i % 256 == 0 {
+            util::check_stop()?;
+        }
+        let f = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+        f.write_all_at(format!("generation {i:>12}\n").as_bytes(), 0)?;
+        close(f).with_context(|| format!("close {} (commit {i})", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads every page of `path`'s `user.genfs.log` (following `#more` lines); returns the
+/// number of generations and of pages.
+fn read_log_pages(path: &Path) -> anyhow::Result<(usize, usize)> {
+    let (mut gens, mut pages) = (0, 0);
+    let mut attr = "user.genfs.log".to_string();
+    loop {
+        let text = String::from_utf8(util::getxattr(path, &attr)?)?;
+        pages += 1;
+        let mut next = None;
+        for line in text.lines() {
+            match line.strip_prefix("#more\t") {
+                Some(a) => next = Some(a.to_string()),
+                None => gens += 1,
+            }
+        }
+        match next {
+            Some(a) => attr = a,
+            None => return Ok((gens, pages)),
+        }
+    }
+}
+
+/// W9 (issue 12): listing a `.genfs/at/@SEQ` view of a big directory, and reading the whole
+/// log of a file with many generations (`genfs log`, and every page by getxattr). Each at a
+/// quarter of the size and at the whole: linear cost makes the second row about 4× the first.
+pub fn w9_listings(
+    genfs: &Path,
+    t: &Target,
+    sizes: &Sizes,
+    runs: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let dir = t.root.join("w9");
+    std::fs::create_dir_all(&dir)?;
+    for (part, n) in [("quarter", sizes.view_entries / 4), ("whole", sizes.view_entries)] {
+        let flat = dir.join(format!("flat-{n}"));
+        std::fs::create_dir_all(&flat)?;
+        create_empty_files(0..n, |i| flat.join(format!("entry-{i:07}")))?;
+        for r in 0..runs {
+            util::check_stop()?;
+            // A record of its own for each run: a view the kernel has not listed (cached) yet.
+            close(File::create(dir.join(format!("bump-{n}-{r}")))?)?;
+            let seq = String::from_utf8(util::getxattr(&t.root, "user.genfs.seq")?)?;
+            let view = t.root.join(format!(".genfs/at/@{}/w9/flat-{n}", seq.trim()));
+            let (listed, d) = util::time(|| Ok(std::fs::read_dir(&view)?.count()))?;
+            ensure!(listed == n, "{} lists {listed} entries, expected {n}", view.display());
+            let label = format!("W9 list a .genfs/at view of a {}-entry directory", count_name(n));
+            add(report, &format!("W9.view.{part}"), &label, "ms", Better::Lower, util::ms(d));
+        }
+    }
+    for (part, g) in [("quarter", sizes.view_log_generations / 4), ("whole", sizes.view_log_generations)] {
+        let logged = dir.join(format!("logged-{g}"));
+        let (_, d) = util::time(|| make_generations(&logged, g))?;
+        eprintln!("  made {g} generations in {:.1} s", d.as_secs_f64());
+        for _ in 0..runs {
+            let (text, d) = util::time(|| util::output(Command::new(genfs).arg("log").arg(&logged)))?;
+            let lines = text.lines().count();
+            ensure!(lines == g, "`genfs log` listed {lines} generations, expected {g}");
+            let label = format!("W9 `genfs log` of a file with {} generations", count_name(g));
+            add(report, &format!("W9.log.cli.{part}"), &label, "ms", Better::Lower, util::ms(d));
+            let ((gens, pages), d) = util::time(|| read_log_pages(&logged))?;
+            ensure!(gens == g, "the log pages list {gens} generations, expected {g}");
+            let label = format!("W9 getxattr of every log page ({pages}), {} generations", count_name(g));
+            add(report, &format!("W9.log.pages.{part}"), &label, "ms", Better::Lower, util::ms(d));
         }
     }
     Ok(())

@@ -10,6 +10,7 @@
 
 mod attr;
 mod handles;
+mod listings;
 mod locks;
 pub mod nodes;
 mod version_xattrs;
@@ -57,6 +58,8 @@ pub struct Core {
     store: Store,
     nodes: Nodes,
     handles: Handles,
+    /// Listings of open view directories, per directory handle.
+    listings: listings::Listings,
     files: OpenFiles,
     locks: Locks,
     notifier: OnceLock<Notifier>,
@@ -111,6 +114,7 @@ impl GenFs {
             store,
             nodes: Nodes::default(),
             handles: Handles::default(),
+            listings: Default::default(),
             files: OpenFiles::default(),
             locks: Locks::default(),
             notifier: OnceLock::new(),
@@ -1174,10 +1178,13 @@ impl Filesystem for GenFs {
                 View::File { .. } | View::Other { .. } => reply.error(Errno::ENOTDIR),
                 // A directory of the past never changes; the lists of snapshots and of a
                 // file's generations do, and nothing would tell the kernel.
-                View::Dir { .. } => {
-                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+                View::Dir { .. } => reply.opened(
+                    FileHandle(self.core.listings.open()),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                ),
+                View::Fixed(_) | View::Generations { .. } => {
+                    reply.opened(FileHandle(self.core.listings.open()), FopenFlags::empty())
                 }
-                View::Fixed(_) | View::Generations { .. } => reply.opened(FileHandle(0), FopenFlags::empty()),
             };
         }
         match self.core.store.inode(ino.0) {
@@ -1191,20 +1198,18 @@ impl Filesystem for GenFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let c = &self.core;
         let dir = ino.0;
         if let Some(view) = c.views.get(dir) {
-            let entries = match c.view_entries(&view) {
-                Ok(e) => e,
+            let listing = match c.listings.get(fh.0, || c.view_listing(dir, &view)) {
+                Ok(l) => l,
                 Err(e) => return reply.error(errno(&e)),
             };
-            let dots = [
-                (dir, fuser::FileType::Directory, b".".to_vec()),
-                (dir, fuser::FileType::Directory, b"..".to_vec()),
-            ];
-            for (pos, (id, kind, name)) in dots.into_iter().chain(entries).enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(id), pos as u64 + 1, kind, OsStr::from_bytes(&name)) {
+            // Entry i has offset i + 1 (the offset of the entry after it).
+            let start = usize::try_from(offset).map_or(listing.len(), |o| o.min(listing.len()));
+            for (pos, (id, kind, name)) in listing.iter().enumerate().skip(start) {
+                if reply.add(INodeNo(*id), pos as u64 + 1, *kind, OsStr::from_bytes(name)) {
                     break;
                 }
             }
@@ -1236,6 +1241,18 @@ impl Filesystem for GenFs {
                 after = e.cookie;
             }
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.listings.release(fh.0);
+        reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

@@ -25,7 +25,7 @@ impl Core {
         let root = nodeid == ROOT_INO;
         match name {
             v::GENERATION if file => Ok(inode.gen.to_string().into_bytes()),
-            v::LOG if file => Ok(v::log_page(ino, &self.store.log(ino)?, None)),
+            v::LOG if file => v::log_page(ino, self.store.log_newest_first(ino, None)?),
             v::RETENTION => Ok(self.store.retention_of(ino)?.to_string().into_bytes()),
             v::SNAPSHOTS if root => Ok(v::snapshots_text(&self.store.snapshots()?)),
             v::SEQ if root => Ok(self.store.last_seq().to_string().into_bytes()),
@@ -37,7 +37,7 @@ impl Core {
                     .ok()
                     .and_then(|g| g.parse::<u64>().ok())
                     .ok_or(StoreError::NoAttribute)?;
-                Ok(v::log_page(ino, &self.store.log(ino)?, Some(before)))
+                v::log_page(ino, self.store.log_newest_first(ino, Some(before))?)
             }
             _ => Err(StoreError::NoAttribute),
         }

@@ -2,6 +2,7 @@
 //! attributes and directory listings. Every change inside a view fails with EROFS.
 
 use super::attr::to_attr;
+use super::listings::Entry;
 use super::Core;
 use crate::store::records::{Ino, Inode, Kind, Timestamp, ROOT_INO};
 use crate::store::{StoreError, StoreResult};
@@ -184,38 +185,42 @@ impl Core {
         self.view_node(view)
     }
 
-    /// Entries of a view directory after position `offset` (positions are stable: a view
-    /// never changes). Each entry: (position, node id for d_ino, type, name).
-    pub(super) fn view_entries(&self, dir: &View) -> StoreResult<Vec<(u64, FileType, Vec<u8>)>> {
-        let names: Vec<(u64, FileType, Vec<u8>)> = match dir {
-            View::Fixed(GENFS_DIR) => [(GEN_DIR, "gen"), (SNAPSHOTS_DIR, "snapshots"), (AT_DIR, "at")]
-                .into_iter()
-                .map(|(id, n)| (id, FileType::Directory, n.as_bytes().to_vec()))
-                .collect(),
-            View::Fixed(SNAPSHOTS_DIR) => {
-                self.store.snapshots()?.into_iter().map(|(n, _)| (ROOT_INO, FileType::Directory, n)).collect()
-            }
-            View::Fixed(_) => Vec::new(),
-            View::Generations { ino } => self
-                .store
-                .log(*ino)?
-                .into_iter()
-                .map(|e| (e.owner, FileType::RegularFile, e.gen.to_string().into_bytes()))
-                .collect(),
+    /// The whole listing of view directory `dir` (node id `nodeid`), `.` and `..` first.
+    /// Positions are stable (a view never changes), so a handle builds it once and pages
+    /// through it (`listings`).
+    pub(super) fn view_listing(&self, nodeid: u64, dir: &View) -> StoreResult<Vec<Entry>> {
+        let mut names: Vec<Entry> =
+            vec![(nodeid, FileType::Directory, b".".to_vec()), (nodeid, FileType::Directory, b"..".to_vec())];
+        match dir {
+            View::Fixed(GENFS_DIR) => names.extend(
+                [(GEN_DIR, "gen"), (SNAPSHOTS_DIR, "snapshots"), (AT_DIR, "at")]
+                    .into_iter()
+                    .map(|(id, n)| (id, FileType::Directory, n.as_bytes().to_vec())),
+            ),
+            View::Fixed(SNAPSHOTS_DIR) => names
+                .extend(self.store.snapshots()?.into_iter().map(|(n, _)| (ROOT_INO, FileType::Directory, n))),
+            View::Fixed(_) => {}
+            View::Generations { ino } => names.extend(
+                self.store
+                    .log(*ino)?
+                    .into_iter()
+                    .map(|e| (e.owner, FileType::RegularFile, e.gen.to_string().into_bytes())),
+            ),
             View::Dir { seq, ino } => {
-                let mut names = Vec::new();
                 for (n, child, kind) in self.store.readdir_at(*ino, *seq)? {
                     // A file whose generation of then retention dropped is not in the view.
-                    match self.view_of(*seq, child, kind) {
-                        Err(StoreError::NotFound) => continue,
-                        Err(e) => return Err(e),
-                        Ok(_) => names.push((child, super::attr::file_type(kind), n)),
+                    if kind == Kind::File {
+                        match self.store.generation_at(child, *seq) {
+                            Err(StoreError::NotFound) => continue,
+                            Err(e) => return Err(e),
+                            Ok(_) => {}
+                        }
                     }
+                    names.push((child, super::attr::file_type(kind), n));
                 }
-                names
             }
             View::File { .. } | View::Other { .. } => return Err(StoreError::NotDir),
-        };
+        }
         Ok(names)
     }
 }

@@ -19,6 +19,7 @@ use super::error::{StoreError, StoreResult};
 use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Record, Timestamp};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use std::ops::Bound;
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -394,6 +395,25 @@ impl Index {
             out.push((gen, decode(&v, "generation")?));
         }
         Ok(out)
+    }
+
+    /// Kept generations of `ino` numbered below `before` (all if None), newest first, read
+    /// from the index as the caller goes: a log page or a time-travel lookup reads only what
+    /// it uses.
+    pub fn generations_newest_first(
+        &self,
+        ino: Ino,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = StoreResult<(u64, Manifest)>> {
+        let end = match before {
+            Some(b) => Bound::Excluded(gen_key(ino, b)),
+            None => Bound::Included(gen_key(ino, u64::MAX)),
+        };
+        self.tree.range::<Vec<u8>, _>((Bound::Included(gen_key(ino, 0)), end)).rev().map(|item| {
+            let (k, v) = item.map_err(|e| sled_err("generations", e))?;
+            let gen = be_u64_at(&k, 9, "generation key")?;
+            Ok((gen, decode(&v, "generation")?))
+        })
     }
 
     pub fn chunk_refs(&self, hash: &Hash) -> StoreResult<u64> {

@@ -1572,3 +1572,33 @@ fn a_snapshot_pins_only_what_its_tree_showed() {
     assert!(store.inode(first).is_err());
     assert_consistent(&store);
 }
+
+/// Issue 12: log pages read a range of generations, newest first, across a save by rename;
+/// the result is the whole log's order, cut at the bound.
+#[test]
+fn the_log_read_by_range_matches_the_whole_log() {
+    let (_tmp, _path, store) = new_store(CS);
+    let old = create_file(&store, ROOT_INO, "f");
+    for i in 0..5 {
+        write_and_commit(&store, old, 0, format!("old {i}").as_bytes());
+    }
+    let tmp = create_file(&store, ROOT_INO, "f.tmp");
+    for i in 0..4 {
+        write_and_commit(&store, tmp, 0, format!("new {i}").as_bytes());
+    }
+    store.rename(ROOT_INO, b"f.tmp", ROOT_INO, b"f", RenameMode::Replace).unwrap();
+    let whole: Vec<(u64, Ino)> = store.log(tmp).unwrap().iter().rev().map(|e| (e.gen, e.owner)).collect();
+    assert_eq!(whole.iter().map(|(g, _)| *g).collect::<Vec<_>>(), (1..=9).rev().collect::<Vec<_>>());
+    for before in [None, Some(10), Some(9), Some(6), Some(5), Some(1), Some(0)] {
+        let range: Vec<(u64, Ino)> = store
+            .log_newest_first(tmp, before)
+            .unwrap()
+            .map(|e| e.map(|e| (e.gen, e.owner)))
+            .collect::<super::StoreResult<_>>()
+            .unwrap();
+        let want: Vec<(u64, Ino)> =
+            whole.iter().copied().filter(|(g, _)| before.is_none_or(|b| *g < b)).collect();
+        assert_eq!(range, want, "before {before:?}");
+    }
+    assert_eq!(store.log_newest_first(tmp, Some(6)).unwrap().next().unwrap().unwrap().owner, old);
+}

@@ -281,6 +281,21 @@ impl Store {
         Ok(out)
     }
 
+    /// The file's log entries numbered below `before` (all if None), newest first, read from
+    /// the index lazily: one log page costs the entries it shows, not the whole log.
+    pub fn log_newest_first(
+        &self,
+        ino: Ino,
+        before: Option<u64>,
+    ) -> StoreResult<impl Iterator<Item = StoreResult<LogEntry>> + '_> {
+        let chain = self.history_chain(ino)?;
+        Ok(chain.into_iter().flat_map(move |owner| {
+            self.index
+                .generations_newest_first(owner, before)
+                .map(move |item| item.map(|(gen, manifest)| LogEntry { gen, owner, manifest }))
+        }))
+    }
+
     /// Whether generation `gen` of `ino` (its owner) is still kept; generation 0 (empty,
     /// never committed) always is.
     pub fn generation_kept(&self, ino: Ino, gen: u64) -> StoreResult<bool> {
@@ -308,16 +323,21 @@ impl Store {
     /// The generation of `ino` that was current at sequence number `seq` (0: none yet).
     /// NotFound when retention dropped it: the file had content then, which is gone.
     pub fn generation_at(&self, ino: Ino, seq: u64) -> StoreResult<(u64, Manifest)> {
-        let gens = self.index.generations(ino)?;
-        if let Some(found) = gens.iter().rev().find(|(_, m)| m.seq <= seq) {
-            return Ok(found.clone());
+        // Newest first, stopping at the answer: a listing of a view asks this for every file.
+        let mut oldest_kept = None;
+        for item in self.index.generations_newest_first(ino, None) {
+            let (gen, manifest) = item?;
+            if manifest.seq <= seq {
+                return Ok((gen, manifest));
+            }
+            oldest_kept = Some(gen);
         }
         // Before its oldest kept generation the file was empty (created, not yet written)
         // if no generation of its own came before that one, or if gc recorded when the first
         // one came and that is after `seq`.
         let inode = self.inode(ino)?;
         let first_own = self.first_own_gen(&inode)?;
-        let oldest_kept = gens.first().map(|(g, _)| *g).unwrap_or(inode.last_gen + 1);
+        let oldest_kept = oldest_kept.unwrap_or(inode.last_gen + 1);
         let empty_then =
             oldest_kept <= first_own || self.index.first_seq(ino)?.is_some_and(|first| seq < first);
         if !empty_then {

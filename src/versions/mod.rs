@@ -8,7 +8,7 @@ pub mod views;
 use crate::store::chunks::hex;
 use crate::store::index::Snapshot;
 use crate::store::records::Ino;
-use crate::store::{GcReport, LogEntry, Stats};
+use crate::store::{GcReport, LogEntry, Stats, StoreResult};
 use std::fmt::Write;
 
 pub const PREFIX: &[u8] = b"user.genfs.";
@@ -50,28 +50,37 @@ fn log_line(file: Ino, e: &LogEntry) -> String {
     )
 }
 
-/// One page of the log (oldest first): the newest entries older than `before` that fit in
-/// an xattr value, then `#more\tuser.genfs.log.before.G` if older ones remain.
-pub fn log_page(file: Ino, log: &[LogEntry], before: Option<u64>) -> Vec<u8> {
-    let eligible: Vec<&LogEntry> = log.iter().filter(|e| before.is_none_or(|b| e.gen < b)).collect();
+/// One page of the log (oldest first): the newest entries of `newest_first` (the log below
+/// the page's bound) that fit in an xattr value, then `#more\tuser.genfs.log.before.G` if
+/// older ones remain. Reads one entry past what fits, so a page costs its own length.
+pub fn log_page(
+    file: Ino,
+    newest_first: impl Iterator<Item = StoreResult<LogEntry>>,
+) -> StoreResult<Vec<u8>> {
     let continuation_room = 64;
-    let mut lines: Vec<String> = Vec::new();
+    let mut lines: Vec<(u64, String)> = Vec::new();
     let mut size = 0;
-    for e in eligible.iter().rev() {
-        let line = log_line(file, e);
-        if size + line.len() + continuation_room > VALUE_BYTES_MAX {
+    let mut more = false;
+    for e in newest_first {
+        let e = e?;
+        let line = log_line(file, &e);
+        // The first line always fits (lines are ~150 bytes): every page makes progress.
+        if !lines.is_empty() && size + line.len() + continuation_room > VALUE_BYTES_MAX {
+            more = true;
             break;
         }
         size += line.len();
-        lines.push(line);
+        lines.push((e.gen, line));
     }
-    lines.reverse();
-    let mut out = lines.concat();
-    if lines.len() < eligible.len() {
-        let oldest_shown = eligible[eligible.len() - lines.len()].gen;
-        let _ = writeln!(out, "#more\t{}{oldest_shown}", String::from_utf8_lossy(LOG_BEFORE));
+    let oldest_shown = lines.last().map(|(gen, _)| *gen);
+    let mut out = String::with_capacity(size + continuation_room);
+    for (_, line) in lines.iter().rev() {
+        out.push_str(line);
     }
-    out.into_bytes()
+    if let (true, Some(oldest)) = (more, oldest_shown) {
+        let _ = writeln!(out, "#more\t{}{oldest}", String::from_utf8_lossy(LOG_BEFORE));
+    }
+    Ok(out.into_bytes())
 }
 
 pub fn snapshots_text(snaps: &[(Vec<u8>, Snapshot)]) -> Vec<u8> {
@@ -121,5 +130,37 @@ pub fn parse_at(name: &[u8]) -> Option<At> {
     match name.strip_prefix('@') {
         Some(seq) => seq.parse().ok().map(At::Seq),
         None => time::parse_rfc3339(name).map(At::Time),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::Manifest;
+    use std::cell::Cell;
+
+    /// A page reads one entry past what it shows (issue 12: a page costs its own length, not
+    /// the log's), and its continuation names the oldest generation shown.
+    #[test]
+    fn a_log_page_reads_only_what_it_shows() {
+        let pulled = Cell::new(0u64);
+        let log = (1..=10_000u64).rev().map(|gen| {
+            pulled.set(pulled.get() + 1);
+            Ok(LogEntry { gen, owner: 7, manifest: Manifest::empty() })
+        });
+        let page = String::from_utf8(log_page(7, log).unwrap()).unwrap();
+        let gens: Vec<u64> = page
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('\t').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(page.len() <= VALUE_BYTES_MAX && gens.len() > 100, "{} lines", gens.len());
+        assert_eq!(pulled.get(), gens.len() as u64 + 1);
+        assert!(gens.windows(2).all(|w| w[0] + 1 == w[1]) && gens.last() == Some(&10_000));
+        assert!(page.ends_with(&format!("#more\tuser.genfs.log.before.{}\n", gens[0])), "{page}");
+        let short = (1..=3u64).rev().map(|gen| Ok(LogEntry { gen, owner: 7, manifest: Manifest::empty() }));
+        let page = String::from_utf8(log_page(7, short).unwrap()).unwrap();
+        assert_eq!(page.lines().count(), 3);
+        assert!(!page.contains("#more"));
     }
 }
