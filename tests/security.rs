@@ -299,7 +299,7 @@ fn requests_genfs_does_not_serve_leave_no_trace_in_its_log() {
 }
 
 #[test]
-fn one_writer_touching_many_chunks_holds_few_descriptors() {
+fn writers_touching_many_chunks_hold_few_descriptors() {
     let m = shared_mount("staging-fds");
     let fds = || std::fs::read_dir(format!("/proc/{}/fd", m.daemon_pid().unwrap())).unwrap().count();
     std::fs::create_dir(m.path("pub")).unwrap();
@@ -321,6 +321,23 @@ fn one_writer_touching_many_chunks_holds_few_descriptors() {
     assert_eq!(data.len() as u64, 999 * chunk + 8);
     assert!((0..1000u64).all(|i| data[(i * chunk + 7) as usize] == b'x'));
     assert_eq!(data.iter().filter(|&&b| b == b'x').count(), 1000);
+
+    // Many writers of many files: the daemon's staging descriptors stay bounded in total.
+    let before = fds();
+    let files: Vec<std::fs::File> =
+        (0..100).map(|i| std::fs::File::create(m.path(&format!("w{i}"))).unwrap()).collect();
+    for f in &files {
+        for c in 0..20u64 {
+            std::os::unix::fs::FileExt::write_all_at(f, b"y", c * chunk).unwrap();
+        }
+    }
+    let during = fds();
+    assert!(
+        during < before + 1024 + 64,
+        "the daemon holds {during} descriptors for 100 writers (was {before})"
+    );
+    drop(files);
+    assert_eq!(std::fs::read(m.path("w99")).unwrap().iter().filter(|&&b| b == b'y').count(), 20);
 }
 
 #[test]

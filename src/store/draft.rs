@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Largest file genfs stores (as ext4 with 4 KiB blocks); writes past it get EFBIG.
 pub const FILE_BYTES_MAX: u64 = 16 << 40;
@@ -20,6 +20,13 @@ pub const FILE_BYTES_MAX: u64 = 16 << 40;
 /// touched again. Without a bound, one writer touching a byte in each of 20,000 chunks held
 /// 20,000 descriptors, and every other user's opens failed with EMFILE.
 const STAGED_OPEN_MAX: usize = 16;
+/// Staging descriptors all drafts together keep open between writes. Past it, a draft closes
+/// all of its own after each write, so many writers of many files cannot starve the daemon
+/// either: what stays open is bounded by this plus the writes in flight.
+const STAGED_OPEN_TOTAL_MAX: usize = 1024;
+
+/// Staging descriptors open in this process.
+static STAGED_OPEN: AtomicUsize = AtomicUsize::new(0);
 
 pub(crate) struct Staged {
     /// None while closed to stay within [`STAGED_OPEN_MAX`]; the file itself stays in place.
@@ -36,8 +43,15 @@ impl Staged {
     pub fn file(&mut self) -> StoreResult<&File> {
         if self.file.is_none() {
             self.file = Some(open_staging(&self.path, false)?);
+            STAGED_OPEN.fetch_add(1, Ordering::Relaxed);
         }
         self.file.as_ref().ok_or(StoreError::InvalidArgument)
+    }
+
+    fn close(&mut self) {
+        if self.file.take().is_some() {
+            STAGED_OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> StoreResult<()> {
@@ -49,6 +63,12 @@ impl Staged {
             Some(f) => read(f),
             None => read(&open_staging(&self.path, false)?),
         }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -107,6 +127,7 @@ impl Draft {
         let serial = STAGING_SERIAL.fetch_add(1, Ordering::Relaxed);
         let path = self.staging_dir.join(format!("{}-{}-{idx}-{serial}", std::process::id(), self.ino));
         let file = open_staging(&path, true)?;
+        STAGED_OPEN.fetch_add(1, Ordering::Relaxed);
         Ok(Staged { file: Some(file), path, len: 0 })
     }
 
@@ -117,7 +138,7 @@ impl Draft {
         while self.open_staged.len() > STAGED_OPEN_MAX {
             let Some(oldest) = self.open_staged.pop_front() else { break };
             if let Some(Slot::Staged(s)) = self.slots.get_mut(&oldest) {
-                s.file = None;
+                s.close();
             }
         }
     }
@@ -173,7 +194,19 @@ impl Draft {
         }
         self.size = self.size.max(end);
         self.touch();
+        if STAGED_OPEN.load(Ordering::Relaxed) > STAGED_OPEN_TOTAL_MAX {
+            self.close_staged();
+        }
         Ok(())
+    }
+
+    /// Closes every staging descriptor of this draft (the files stay).
+    fn close_staged(&mut self) {
+        for idx in std::mem::take(&mut self.open_staged) {
+            if let Some(Slot::Staged(s)) = self.slots.get_mut(&idx) {
+                s.close();
+            }
+        }
     }
 
     pub fn read(&self, offset: u64, size: u32, chunks: &ChunkStore) -> StoreResult<Vec<u8>> {
