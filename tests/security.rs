@@ -43,6 +43,15 @@ fn mkfs(store: &Path) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A new store and an empty mount point, not mounted: (their directory, store, mount point).
+fn unmounted_store() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    mkfs(&store);
+    (dir, store, mnt)
+}
+
 /// `genfs mount -f STORE MNT` that must fail before mounting: its message. Should it mount
 /// after all, the daemon is stopped and the test fails (it must not hang).
 fn refused_mount(store: &Path, mnt: &Path) -> String {
@@ -68,10 +77,7 @@ fn refused_mount(store: &Path, mnt: &Path) -> String {
 
 #[test]
 fn links_planted_in_a_store_are_never_followed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
-    std::fs::create_dir(&mnt).unwrap();
-    mkfs(&store);
+    let (dir, store, mnt) = unmounted_store();
     let victim_file = dir.path().join("precious");
     let victim_dir = dir.path().join("drafts");
     std::fs::write(&victim_file, b"precious").unwrap();
@@ -434,10 +440,7 @@ impl Drop for DetachedMount<'_> {
 
 #[test]
 fn the_daemon_log_file_is_rotated_when_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
-    std::fs::create_dir(&mnt).unwrap();
-    mkfs(&store);
+    let (_dir, store, mnt) = unmounted_store();
     let log = store.join("genfs.log");
     let old = vec![b'#'; 8 << 20];
     std::fs::write(&log, &old).unwrap();

@@ -12,7 +12,13 @@ use std::time::Instant;
 
 /// (generation, READ_PATH) of every line of a file's log, following continuation pages.
 fn log_of(path: &Path) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
+    log_page_lines(path).into_iter().rev().flatten().collect()
+}
+
+/// The lines of each page of a file's log as (generation, READ_PATH), newest page first
+/// (following `#more`).
+fn log_page_lines(path: &Path) -> Vec<Vec<(u64, String)>> {
+    let mut pages = Vec::new();
     let mut attr = "user.genfs.log".to_string();
     loop {
         let text = getfattr(path, &attr).expect("log attribute");
@@ -27,11 +33,10 @@ fn log_of(path: &Path) -> Vec<(u64, String)> {
                 page.push((f[0].parse().unwrap(), f[4].to_string()));
             }
         }
-        page.extend(out);
-        out = page;
+        pages.push(page);
         match next {
             Some(a) => attr = a,
-            None => return out,
+            None => return pages,
         }
     }
 }
@@ -73,25 +78,7 @@ fn each_close_is_a_log_line_readable_at_its_read_path() {
 
 /// The generations of each page of a file's log, newest page first (following `#more`).
 fn log_pages(path: &Path) -> Vec<Vec<u64>> {
-    let mut pages = Vec::new();
-    let mut attr = "user.genfs.log".to_string();
-    loop {
-        let text = getfattr(path, &attr).expect("log attribute");
-        let mut next = None;
-        let mut page = Vec::new();
-        for line in text.lines() {
-            let f: Vec<&str> = line.split('\t').collect();
-            match f[0] {
-                "#more" => next = Some(f[1].to_string()),
-                gen => page.push(gen.parse().unwrap()),
-            }
-        }
-        pages.push(page);
-        match next {
-            Some(a) => attr = a,
-            None => return pages,
-        }
-    }
+    log_page_lines(path).into_iter().map(|page| page.into_iter().map(|(gen, _)| gen).collect()).collect()
 }
 
 /// Issue 12: a log page is read from the index by generation range (`before.G` downward),

@@ -481,8 +481,9 @@ impl Core {
     }
 
     /// Drops setuid, and setgid when group-executable (the kernel's should_remove_suid), from
-    /// the file written through `fh`. True when the mode changed.
-    fn clear_setid_bits(&self, fh: u64) -> StoreResult<bool> {
+    /// the file written through `fh`. When the mode changed: every node of the file, the
+    /// writer's own included, for the caller to invalidate (no reply tells the kernel).
+    fn clear_setid_bits(&self, fh: u64) -> StoreResult<Option<Vec<u64>>> {
         let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
         let ino = handle.writer().ok_or(StoreError::InvalidArgument)?.file.ino;
         let perm = self.store.inode(ino)?.perm;
@@ -491,18 +492,11 @@ impl Core {
             kill |= libc::S_ISGID as u16;
         }
         if kill == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         self.store.set_attrs(ino, &SetAttrs { perm: Some(perm & !kill), ..Default::default() })?;
-        Ok(true)
-    }
-
-    /// Every node of the file behind `fh`, the writer's own included: a change the kernel
-    /// did not ask for (it learns of it from no reply).
-    fn stale_nodes_all(&self, fh: u64) -> Option<Vec<u64>> {
-        let ino = self.handles.get(fh)?.writer()?.file.ino;
         let nodes = self.nodes.nodes_of(ino);
-        (!nodes.is_empty()).then_some(nodes)
+        Ok((!nodes.is_empty()).then_some(nodes))
     }
 
     fn read_handle(&self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
@@ -1083,8 +1077,7 @@ impl Filesystem for GenFs {
         let stale = match written {
             Ok(_) if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) => {
                 match c.clear_setid_bits(fh.0) {
-                    Ok(true) => c.stale_nodes_all(fh.0),
-                    Ok(false) => None,
+                    Ok(stale) => stale,
                     Err(e) => return reply.error(errno(&e)),
                 }
             }
