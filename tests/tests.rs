@@ -9,6 +9,7 @@ mod format;
 mod full_disk;
 mod identity;
 mod load;
+mod local_fs;
 mod packaging;
 mod posix;
 mod programs;

@@ -305,6 +305,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     }
     let mnt = std::fs::canonicalize(&args.mountpoint)
         .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+    wait_for_store(&store)?;
     let register = euid() == 0 && !args.no_mtab;
     let log = match &opts.log {
         Some(LogTarget::File(p)) => LogTarget::File(std::path::absolute(p).context("log=")?),
@@ -635,6 +636,44 @@ fn explain_mount_error(e: std::io::Error, mnt: &Path) -> anyhow::Error {
     } else {
         anyhow::Error::new(e)
     }
+}
+
+/// How long a mount waits for the daemon of an unmounted mount of the same store to exit.
+const STORE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Returns once no daemon holds the store. One whose mount is gone (`umount -l`, or a `umount`
+/// whose daemon is still closing the store) gets a bounded wait; a mounted one is an error now.
+fn wait_for_store(store: &Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    while let Some(pid) = crate::store::lock_holder(store)? {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounted = super::umount::parse_mountinfo(&text)
+            .into_iter()
+            .find(|m| m.fstype == "fuse.genfs" && m.source == store);
+        if let Some(m) = mounted {
+            bail!(
+                "store {} is in use by another genfs daemon (pid {pid}), mounted on {}; a store is \
+                 mounted once at a time",
+                store.display(),
+                m.mountpoint.display()
+            );
+        }
+        if started.elapsed() > STORE_RELEASE_WAIT {
+            bail!(
+                "store {} is still held by genfs daemon pid {pid}, {} s after its mount went away \
+                 (files still open under a lazy unmount keep it serving them)",
+                store.display(),
+                STORE_RELEASE_WAIT.as_secs()
+            );
+        }
+        if !told {
+            eprintln!("genfs: waiting for genfs daemon pid {pid} to finish unmounting {}", store.display());
+            told = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Large cached reads need a readahead window as big as a FUSE read (1 MiB); best effort.

@@ -49,7 +49,10 @@ pub struct UmountArgs {
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    pub id: u64,
     pub mountpoint: PathBuf,
+    /// The per-mount options (`rw,nosuid,relatime`), not the superblock's.
+    pub options: String,
     pub fstype: String,
     pub source: PathBuf,
 }
@@ -75,11 +78,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (head, tail) = line.split_once(" - ")?;
-            let mountpoint = head.split(' ').nth(4)?;
+            let fields: Vec<&str> = head.split(' ').collect();
             let mut t = tail.split(' ');
             let (fstype, source) = (t.next()?, t.next()?);
             Some(MountEntry {
-                mountpoint: unescape(mountpoint),
+                id: fields.first()?.parse().ok()?,
+                mountpoint: unescape(fields.get(4)?),
+                options: fields.get(5)?.to_string(),
                 fstype: fstype.into(),
                 source: unescape(source),
             })
@@ -318,7 +323,9 @@ mod tests {
         assert_eq!(
             m[1],
             MountEntry {
+                id: 98,
                 mountpoint: "/tmp/a b".into(),
+                options: "rw,nosuid,nodev,relatime".into(),
                 fstype: "fuse.genfs".into(),
                 source: "/srv/st\\ore".into()
             }

@@ -37,6 +37,16 @@ pub struct Writer {
     pub opener_tid: u32,
 }
 
+/// What a change to a draft names as its author.
+pub enum ChangedBy {
+    /// A write(2): the file table it came through.
+    LockOwner(u64),
+    /// A truncate, fallocate or copy_file_range, which name only the calling thread.
+    Thread(u32),
+    /// Mapped pages written back, which name nobody.
+    Writeback,
+}
+
 /// Who changed a draft through one handle since its last commit. A close commits only for one
 /// of them: a process that merely inherited the descriptor (a fork whose exec closes it) must
 /// not commit a file another process is halfway through writing.
@@ -55,17 +65,12 @@ impl Changers {
         self.unattributed || !self.owners.is_empty() || !self.threads.is_empty()
     }
 
-    pub fn wrote(&mut self, owner: Option<u64>) {
-        match owner {
-            Some(o) if !self.owners.contains(&o) => self.owners.push(o),
-            Some(_) => {}
-            None => self.unattributed = true,
-        }
-    }
-
-    pub fn changed_by(&mut self, tid: u32) {
-        if !self.threads.contains(&tid) {
-            self.threads.push(tid);
+    pub fn record(&mut self, by: ChangedBy) {
+        match by {
+            ChangedBy::LockOwner(o) if !self.owners.contains(&o) => self.owners.push(o),
+            ChangedBy::Thread(t) if !self.threads.contains(&t) => self.threads.push(t),
+            ChangedBy::Writeback => self.unattributed = true,
+            _ => {}
         }
     }
 

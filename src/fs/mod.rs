@@ -27,7 +27,7 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
-use handles::{Handle, HandleKind, Handles, OpenFiles, Writer};
+use handles::{ChangedBy, Handle, HandleKind, Handles, OpenFiles, Writer};
 use locks::{Lock, Locks};
 use nodes::{FileNode, Nodes, Redirect};
 use std::ffi::OsStr;
@@ -463,8 +463,7 @@ impl Core {
         Ok(())
     }
 
-    /// A write(2) of lock owner `owner` (none: mapped pages written back).
-    fn write_handle(&self, fh: u64, offset: u64, data: &[u8], owner: Option<u64>) -> StoreResult<u32> {
+    fn write_handle(&self, fh: u64, offset: u64, data: &[u8], by: ChangedBy) -> StoreResult<u32> {
         let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
         let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
         self.store.check_writable()?;
@@ -475,7 +474,7 @@ impl Core {
         let offset = if w.append { slot.draft.size } else { offset };
         self.store.ensure_space(data.len() as u64)?;
         slot.draft.write(offset, data, self.store.chunks())?;
-        w.changers.lock().wrote(owner);
+        w.changers.lock().record(by);
         w.only_truncated.store(false, Ordering::SeqCst);
         Ok(data.len() as u32)
     }
@@ -497,6 +496,33 @@ impl Core {
         self.store.set_attrs(ino, &SetAttrs { perm: Some(perm & !kill), ..Default::default() })?;
         let nodes = self.nodes.nodes_of(ino);
         Ok((!nodes.is_empty()).then_some(nodes))
+    }
+
+    /// copy_file_range: copies up to `len` bytes from (handle, offset) `from` to `to`, stopping
+    /// at the end of the source. Overlapping ranges of one file are refused, as the VFS does.
+    fn copy_range(&self, from: (u64, u64), to: (u64, u64), len: u64, tid: u32) -> StoreResult<u32> {
+        const CHUNK: u64 = 1 << 20;
+        let source = self.handles.get(from.0).ok_or(StoreError::InvalidArgument)?;
+        let target = self.handles.get(to.0).ok_or(StoreError::InvalidArgument)?;
+        let len = len.min(u64::from(u32::MAX) & !(CHUNK - 1));
+        let overlap = from.1 < to.1.saturating_add(len) && to.1 < from.1.saturating_add(len);
+        // A version view is another file to the user, though its inode number is the same.
+        if source.ino == target.ino && overlap && self.views.get(source.nodeid).is_none() {
+            return Err(StoreError::InvalidArgument);
+        }
+        let mut copied = 0;
+        while copied < len {
+            let want = (len - copied).min(CHUNK);
+            let data = self.read_handle(from.0, from.1 + copied, want as u32)?;
+            if data.is_empty() {
+                break;
+            }
+            copied += u64::from(self.write_handle(to.0, to.1 + copied, &data, ChangedBy::Thread(tid))?);
+            if (data.len() as u64) < want {
+                break;
+            }
+        }
+        Ok(copied as u32)
     }
 
     fn read_handle(&self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
@@ -1071,7 +1097,8 @@ impl Filesystem for GenFs {
         reply: ReplyWrite,
     ) {
         let c = &self.core;
-        let written = c.write_handle(fh.0, offset, data, lock_owner.map(|o| o.0));
+        let by = lock_owner.map_or(ChangedBy::Writeback, |o| ChangedBy::LockOwner(o.0));
+        let written = c.write_handle(fh.0, offset, data, by);
         // Writers are direct I/O, so the kernel leaves clearing setuid/setgid to the daemon: it
         // sets this flag when the writer lacks CAP_FSETID (what ext4 does in file_remove_privs).
         let stale = match written {
@@ -1461,19 +1488,24 @@ impl Filesystem for GenFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
+        fh_in: FileHandle,
+        offset_in: u64,
         _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        // ENOSYS: the kernel copies through read and write instead.
-        reply.error(Errno::ENOSYS);
+        // Served here rather than left to the kernel's read-and-write fallback, which cannot
+        // see that two of genfs's nodes are one file (overlap within a file is EINVAL).
+        let tid = req.pid();
+        self.submit(move |c| match c.copy_range((fh_in.0, offset_in), (fh_out.0, offset_out), len, tid) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        });
     }
 
     fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: fuser::ReplyBmap) {
@@ -1500,8 +1532,11 @@ impl Filesystem for GenFs {
             let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
             let mut slot = w.file.slot.lock();
             if end > slot.draft.size {
+                // The space is not reserved (a new generation's blocks are written at close),
+                // but a request for more than the store has left is refused now, as ext4 does.
+                c.store.ensure_space(end - slot.draft.size)?;
                 slot.draft.truncate(end, c.store.chunks())?;
-                w.changers.lock().changed_by(req.pid());
+                w.changers.lock().record(ChangedBy::Thread(req.pid()));
                 w.only_truncated.store(false, Ordering::SeqCst);
             }
             Ok(())
@@ -1526,7 +1561,7 @@ fn truncate_draft(c: &Core, handle: &Handle, size: u64, at_open: bool, tid: u32)
         return Ok(());
     }
     slot.draft.truncate(size, c.store.chunks())?;
-    w.changers.lock().changed_by(tid);
+    w.changers.lock().record(ChangedBy::Thread(tid));
     w.only_truncated.store(at_open, Ordering::SeqCst);
     Ok(())
 }

@@ -841,7 +841,16 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-fn take_lock(store: &Path) -> StoreResult<File> {
+/// The pid written in the store's lock by the daemon holding it; None if nobody holds it.
+pub fn lock_holder(store: &Path) -> StoreResult<Option<String>> {
+    match try_lock(store)? {
+        Ok(_unlocked_on_drop) => Ok(None),
+        Err(holder) => Ok(Some(holder)),
+    }
+}
+
+/// Takes the store's lock: the open lock file, or (inner Err) the holder's pid.
+fn try_lock(store: &Path) -> StoreResult<Result<File, String>> {
     let path = store.join("lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -859,17 +868,21 @@ fn take_lock(store: &Path) -> StoreResult<File> {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(StoreError::io(
-                format!(
-                    "store {} is in use by another genfs daemon (pid {})",
-                    store.display(),
-                    holder.trim()
-                ),
-                err,
-            ));
+            return Ok(Err(holder.trim().to_string()));
         }
         return Err(StoreError::io(format!("lock {}", path.display()), err));
     }
+    Ok(Ok(file))
+}
+
+fn take_lock(store: &Path) -> StoreResult<File> {
+    let file = match try_lock(store)? {
+        Ok(file) => file,
+        Err(holder) => {
+            let msg = format!("store {} is in use by another genfs daemon (pid {holder})", store.display());
+            return Err(StoreError::io(msg, std::io::Error::from_raw_os_error(libc::EWOULDBLOCK)));
+        }
+    };
     let _ = file.set_len(0);
     let _ = std::os::unix::fs::FileExt::write_all_at(&file, std::process::id().to_string().as_bytes(), 0);
     Ok(file)

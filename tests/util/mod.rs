@@ -111,6 +111,11 @@ impl Mounted {
         m
     }
 
+    /// The daemon, no longer this mount's to reap (a test that unmounts behind its back).
+    pub fn take_daemon(&mut self) -> Option<Child> {
+        self.daemon.take()
+    }
+
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|c| c.id())
     }

@@ -1,0 +1,128 @@
+//! What a local filesystem does beyond pjdfstest: fallocate limits, copy_file_range, mount
+//! options, atime, ACLs and file attributes (issue 13), each compared with what ext4 does.
+
+use crate::util::{sh, write_file, Mounted};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn fallocate(f: &File, offset: u64, len: u64) -> Result<(), i32> {
+    // SAFETY: fallocate on a valid descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as i64, len as i64) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+fn copy_range(from: &File, off_in: u64, to: &File, off_out: u64, len: usize) -> Result<usize, i32> {
+    let (mut off_in, mut off_out) = (off_in as i64, off_out as i64);
+    // SAFETY: copy_file_range on valid descriptors with offsets we own.
+    let n =
+        unsafe { libc::copy_file_range(from.as_raw_fd(), &mut off_in, to.as_raw_fd(), &mut off_out, len, 0) };
+    if n < 0 {
+        Err(last_errno())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[test]
+fn fallocate_beyond_free_space_is_enospc() {
+    let m = Mounted::new("fallocate");
+    let p = m.path("f");
+    write_file(&p, b"kept").unwrap();
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    // SAFETY: statvfs into a zeroed struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let store = std::ffi::CString::new(m.store.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(store.as_ptr(), &mut st) }, 0);
+    let free = st.f_bavail * st.f_frsize;
+    assert_eq!(fallocate(&f, 0, free + (1 << 40)), Err(libc::ENOSPC));
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), 4, "a refused fallocate changed the size");
+    // What fits is allocated (the size grows, the data stays).
+    assert_eq!(fallocate(&f, 0, 1 << 20), Ok(()));
+    drop(f);
+    let data = std::fs::read(&p).unwrap();
+    assert_eq!((data.len(), &data[..4]), (1 << 20, &b"kept"[..]));
+}
+
+#[test]
+fn copy_file_range_within_a_file_refuses_overlap() {
+    let m = Mounted::new("copyrange");
+    let p = m.path("f");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    write_file(&p, &data).unwrap();
+    // A reader and a writer of one file: two descriptors, two kernel nodes, one file.
+    let reader = File::open(&p).unwrap();
+    let writer = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    assert_eq!(copy_range(&reader, 0, &writer, 1000, 5000), Err(libc::EINVAL));
+    assert_eq!(copy_range(&writer, 1000, &writer, 0, 5000), Err(libc::EINVAL));
+    // Disjoint ranges of one file copy.
+    assert_eq!(copy_range(&reader, 0, &writer, 200_000, 100_000), Ok(100_000));
+    // Across files, up to the end of the source.
+    let q = m.path("g");
+    let other = OpenOptions::new().write(true).create(true).truncate(true).open(&q).unwrap();
+    assert_eq!(copy_range(&reader, 250_000, &other, 10, 1 << 20), Ok(50_000));
+    drop((reader, writer, other));
+    let mut expected = data.clone();
+    expected.copy_within(0..100_000, 200_000);
+    assert!(std::fs::read(&p).unwrap() == expected, "copy within the file went wrong");
+    let copied = std::fs::read(&q).unwrap();
+    assert_eq!(copied.len(), 50_010);
+    assert!(copied[..10] == [0; 10] && copied[10..] == data[250_000..]);
+    // cp of an old generation onto the file itself: a version view is another file.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
+    let view = m.mnt.join(format!(".genfs/gen/{ino}/1"));
+    let (ok, _) = sh(&format!("cp '{}' '{}'", view.display(), p.display()));
+    assert!(ok, "cp from a version view");
+    assert!(std::fs::read(&p).unwrap() == data);
+}
+
+#[test]
+fn mount_right_after_an_unmount_waits_for_the_old_daemon() {
+    let mut m = Mounted::new("remount-at-once");
+    write_file(&m.path("f"), b"one").unwrap();
+    // A second mount while the store is mounted: refused at once, naming the mount.
+    let second = tempfile::tempdir().unwrap();
+    let out = Command::new(crate::util::genfs_bin())
+        .arg("mount")
+        .arg(&m.store)
+        .arg(second.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("in use by another genfs daemon"), "{text}");
+    assert!(text.contains(m.mnt.to_str().unwrap()), "{text}");
+
+    // umount, then mount at once (the old daemon may still be closing the store).
+    let mut old = m.take_daemon().unwrap();
+    assert!(sh(&format!("umount '{}'", m.mnt.display())).0);
+    m.mount();
+    assert!(old.wait().unwrap().success());
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"one");
+
+    // umount -l with a file still open: the old daemon serves it until it is closed; the new
+    // mount waits for that.
+    let held = File::open(m.path("f")).unwrap();
+    let mut old = m.take_daemon().unwrap();
+    assert!(sh(&format!("umount -l '{}'", m.mnt.display())).0);
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut buf = [0u8; 3];
+        std::os::unix::fs::FileExt::read_exact_at(&held, &mut buf, 0).unwrap();
+        assert_eq!(&buf, b"one", "the lazily unmounted daemon stopped serving its open file");
+    });
+    m.mount();
+    closer.join().unwrap();
+    assert!(old.wait().unwrap().success());
+    let log = std::fs::read_to_string(m.store.with_extension("log")).unwrap();
+    assert!(log.contains("waiting for genfs daemon pid"), "{log}");
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"one");
+}
