@@ -39,9 +39,10 @@ fn fallocate_beyond_free_space_is_enospc() {
     let p = m.path("f");
     write_file(&p, b"kept").unwrap();
     let f = OpenOptions::new().write(true).open(&p).unwrap();
-    // SAFETY: statvfs into a zeroed struct.
+    // SAFETY: a zeroed statvfs is a valid value for statvfs to fill.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let store = std::ffi::CString::new(m.store.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path and a struct we own.
     assert_eq!(unsafe { libc::statvfs(store.as_ptr(), &mut st) }, 0);
     let free = st.f_bavail * st.f_frsize;
     assert_eq!(fallocate(&f, 0, free + (1 << 40)), Err(libc::ENOSPC));
