@@ -144,6 +144,7 @@ pub fn translate(helper: Helper, args: &[OsString]) -> Result<Option<Vec<OsStrin
                     out.push(long.into());
                 }
             }
+            out.push("--mount8".into());
         }
         Helper::Umount => {
             let m = umount_command().try_get_matches_from(args)?;
@@ -207,16 +208,16 @@ mod tests {
     fn mount_arguments_as_mount8_passes_them() {
         assert_eq!(
             t(Helper::Mount, &["mount.genfs", "/s", "/m", "-o", "rw,nofail"]).unwrap(),
-            ["genfs", "mount", "/s", "/m", "-o", "rw,nofail"]
+            ["genfs", "mount", "/s", "/m", "-o", "rw,nofail", "--mount8"]
         );
         assert_eq!(
             t(Helper::Mount, &["mount.fuse.genfs", "/s", "/m", "-sv", "-n", "-o", "ro", "-t", "fuse.genfs"])
                 .unwrap(),
-            ["genfs", "mount", "/s", "/m", "-o", "ro", "--sloppy", "--no-mtab", "--verbose"]
+            ["genfs", "mount", "/s", "/m", "-o", "ro", "--sloppy", "--no-mtab", "--verbose", "--mount8"]
         );
         assert_eq!(
             t(Helper::Mount, &["mount.genfs", "/s", "/m", "-r"]).unwrap(),
-            ["genfs", "mount", "/s", "/m", "-o", "ro"]
+            ["genfs", "mount", "/s", "/m", "-o", "ro", "--mount8"]
         );
         assert_eq!(t(Helper::Mount, &["mount.genfs", "/s", "/m", "-f", "-o", "rw"]), None);
         assert!(translate(Helper::Mount, &["mount.genfs".into(), "/s".into()]).is_err());

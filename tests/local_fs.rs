@@ -4,6 +4,7 @@
 use crate::util::{sh, write_file, Mounted};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -126,4 +127,127 @@ fn mount_right_after_an_unmount_waits_for_the_old_daemon() {
     let log = std::fs::read_to_string(m.store.with_extension("log")).unwrap();
     assert!(log.contains("waiting for genfs daemon pid"), "{log}");
     assert_eq!(std::fs::read(m.path("f")).unwrap(), b"one");
+}
+
+/// `genfs mount -o remount,OPTS` of the test's mount; the daemon follows within a poll.
+fn remount(m: &Mounted, opts: &str) {
+    let out = Command::new(crate::util::genfs_bin())
+        .arg("mount")
+        .arg(&m.store)
+        .arg(&m.mnt)
+        .args(["-o", &format!("remount,{opts}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "remount,{opts}: {}", String::from_utf8_lossy(&out.stderr));
+    // The daemon reads mountinfo five times a second.
+    std::thread::sleep(Duration::from_millis(600));
+}
+
+fn atime_of(p: &std::path::Path) -> (i64, i64) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.atime(), m.atime_nsec())
+}
+
+/// Sets atime an hour back (ctime becomes now).
+fn age_atime(p: &std::path::Path) {
+    assert!(sh(&format!("touch -a -d '-1 hour' '{}'", p.display())).0);
+}
+
+fn read_all(p: &std::path::Path) {
+    std::fs::read(p).unwrap();
+}
+
+#[test]
+fn reads_update_atime_as_the_mount_says() {
+    let m = Mounted::new("atime");
+    let (f, d) = (m.path("f"), m.path("d"));
+    write_file(&f, b"content").unwrap();
+    std::fs::create_dir(&d).unwrap();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+
+    // relatime (the default): a read after a change of the file or its status sets atime; a
+    // second read does not.
+    age_atime(&f);
+    let aged = atime_of(&f);
+    read_all(&f);
+    let read = atime_of(&f);
+    assert!(read.0 >= now() - 5, "relatime: a read after a change left atime at {aged:?}");
+    std::thread::sleep(Duration::from_millis(20));
+    read_all(&f);
+    assert_eq!(atime_of(&f), read, "relatime: a second read moved atime");
+    age_atime(&d);
+    std::fs::read_dir(&d).unwrap().for_each(drop);
+    assert!(atime_of(&d).0 >= now() - 5, "relatime: listing a directory left its atime");
+
+    // strictatime: every read.
+    remount(&m, "strictatime");
+    let before = atime_of(&f);
+    std::thread::sleep(Duration::from_millis(20));
+    read_all(&f);
+    assert!(atime_of(&f) > before, "strictatime: a read left atime");
+
+    // nodiratime: files yes, directories no.
+    remount(&m, "nodiratime");
+    age_atime(&d);
+    let aged = atime_of(&d);
+    std::fs::read_dir(&d).unwrap().for_each(drop);
+    assert_eq!(atime_of(&d), aged, "nodiratime: listing moved the directory's atime");
+
+    // noatime: never; reads never change ctime either.
+    remount(&m, "noatime,diratime");
+    age_atime(&f);
+    let (aged, ctime) = (atime_of(&f), std::fs::metadata(&f).unwrap().ctime_nsec());
+    read_all(&f);
+    assert_eq!(atime_of(&f), aged, "noatime: a read moved atime");
+    assert_eq!(std::fs::metadata(&f).unwrap().ctime_nsec(), ctime);
+
+    // Back to relatime; and a read-only mount never writes atime.
+    remount(&m, "relatime,ro");
+    read_all(&f);
+    assert_eq!(atime_of(&f), aged, "ro: a read moved atime");
+    remount(&m, "rw");
+    read_all(&f);
+    assert!(atime_of(&f).0 >= now() - 5, "relatime after ro: no update");
+}
+
+/// POSIX ACLs are refused, not half kept: setfacl says EOPNOTSUPP, getfacl shows the mode.
+#[test]
+fn posix_acls_are_refused_cleanly() {
+    let m = Mounted::new("acl");
+    let f = m.path("f");
+    write_file(&f, b"x").unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    // ACLs in the kernel's xattr form: version 2, then sorted (tag, perm, id) entries.
+    let acl_of = |entries: &[(u16, u16, u32)]| {
+        let mut out = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            out.extend_from_slice(&tag.to_le_bytes());
+            out.extend_from_slice(&perm.to_le_bytes());
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out
+    };
+    let acl = acl_of(&[(0x01, 6, u32::MAX), (0x04, 4, u32::MAX), (0x20, 0, u32::MAX)]);
+    let named = acl_of(&[
+        (0x01, 6, u32::MAX),
+        (0x02, 6, 65534),
+        (0x04, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ]);
+    let err = xattr::set(&f, "system.posix_acl_access", &named).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
+    let err = xattr::set(m.path("."), "system.posix_acl_default", &acl).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
+    assert!(xattr::list(&f).unwrap().next().is_none(), "an ACL name is listed");
+    assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o640);
+    if sh("command -v setfacl").0 {
+        let (ok, _) = sh(&format!("setfacl -m u:nobody:rw '{}' 2>/dev/null", f.display()));
+        assert!(!ok, "setfacl succeeded");
+        let (ok, out) = sh(&format!("getfacl -cp '{}'", f.display()));
+        assert!(
+            ok && out.contains("user::rw-") && out.contains("group::r--") && !out.contains("nobody"),
+            "{out}"
+        );
+    }
 }

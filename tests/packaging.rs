@@ -419,6 +419,10 @@ fn a_normal_user_mounts_through_fusermount3() {
     let out = user.sh(&format!("{g} mount store mnt2 -o allow_other"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("user_allow_other"));
+    // suid and dev are root's to ask for.
+    let out = user.sh(&format!("{g} mount store mnt2 -o suid"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("suid and dev are for root only"));
     // The store is locked by the running daemon: a second mount of it says so.
     let out = user.sh(&format!("{g} mount store mnt2"));
     assert!(!out.status.success());
@@ -501,6 +505,60 @@ fn daemon_logs_to_a_file_or_stderr_at_the_asked_level() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mounted"));
+}
+
+/// The per-mount options mountinfo shows for `mnt` (`rw,nosuid,relatime`).
+fn vfs_options_of(mnt: &Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info.lines().rev().find(|l| l.split(' ').nth(4) == mnt.to_str()).expect("mounted");
+    line.split(' ').nth(5).unwrap().to_string()
+}
+
+/// Issue 13, item 2: VFS flags as mount(8) gives them, remount ro and rw, atime options.
+#[test]
+fn mount8_flags_and_remount() {
+    let _system = system();
+    let Some(_helpers) = Helpers::install(Path::new(genfs_bin())) else { return };
+    let s = Scratch::new("remount");
+    let (store, mnt) = s.store("store", "mnt");
+    let mount =
+        |opts: &str| ok(Command::new("mount").args(["-t", "genfs"]).arg(&store).arg(&mnt).args(["-o", opts]));
+    let has = |opts: &str, word: &str| opts.split(',').any(|o| o == word);
+    // Root through mount(8): suid and dev unless said otherwise, as for ext4.
+    mount("strictatime,nodiratime");
+    let opts = vfs_options_of(&mnt);
+    assert!(!has(&opts, "nosuid") && !has(&opts, "nodev") && has(&opts, "nodiratime"), "{opts}");
+    assert!(!has(&opts, "relatime") && !has(&opts, "noatime"), "strictatime: {opts}");
+    ok(Command::new("umount").arg(&mnt));
+    mount("nosuid,nodev,noatime,lazytime");
+    let opts = vfs_options_of(&mnt);
+    assert!(has(&opts, "nosuid") && has(&opts, "nodev") && has(&opts, "noatime"), "{opts}");
+
+    // remount,ro: writes fail with EROFS, nothing is lost; remount,rw: they work again. The
+    // other flags stay.
+    std::fs::write(mnt.join("f"), b"before").unwrap();
+    ok(Command::new("mount").args(["-o", "remount,ro"]).arg(&mnt));
+    let opts = vfs_options_of(&mnt);
+    assert!(has(&opts, "ro") && has(&opts, "nosuid") && has(&opts, "noatime"), "{opts}");
+    let err = std::fs::write(mnt.join("g"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"before");
+    ok(Command::new("mount").args(["-o", "remount,rw,relatime"]).arg(&mnt));
+    let opts = vfs_options_of(&mnt);
+    assert!(has(&opts, "rw") && has(&opts, "relatime") && has(&opts, "nosuid"), "{opts}");
+    std::fs::write(mnt.join("g"), b"after").unwrap();
+    // A file open for writing keeps the mount writable, and says why.
+    let open = std::fs::OpenOptions::new().write(true).open(mnt.join("g")).unwrap();
+    let out = run(Command::new("mount").args(["-o", "remount,ro"]).arg(&mnt));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("files are open for writing"));
+    drop(open);
+    // Unknown options, and genfs options that cannot change on a live mount, are refused.
+    let out = run(Command::new("mount").args(["-o", "remount,frobnicate"]).arg(&mnt));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown mount option"));
+    let out = run(Command::new("mount").args(["-o", "remount,log=/tmp/x"]).arg(&mnt));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("remount changes only"));
+    ok(Command::new("umount").arg(&mnt));
 }
 
 #[test]

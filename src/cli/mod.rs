@@ -9,6 +9,7 @@ mod helper;
 mod history;
 mod logging;
 mod mount;
+mod mount_flags;
 mod progress;
 mod time;
 mod tree;

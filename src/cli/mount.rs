@@ -8,6 +8,7 @@
 //! `umount.genfs` (users), which wait for the daemon to finish (`genfs umount`).
 
 use super::logging::{self, LogTarget};
+use super::mount_flags::{self, VfsFlags};
 use crate::fs::GenFs;
 use crate::store::records::ROOT_INO;
 use crate::store::{Retention, Store};
@@ -66,13 +67,22 @@ pub struct MountArgs {
     /// Say what was mounted where.
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// The options come from mount(8) (the helper says so): unsaid suid and dev are on for
+    /// root, as mount(8) says nosuid and nodev when they are wanted.
+    #[arg(long, hide = true)]
+    mount8: bool,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Options {
-    mount: Vec<MountOption>,
+    /// ro, nosuid, the atime mode and the other flags the kernel keeps for the mount.
+    vfs: VfsFlags,
+    /// The options came through mount(8), which says nosuid and nodev when they are wanted:
+    /// for root, unsaid means suid,dev, as for a local filesystem.
+    local_defaults: bool,
+    /// `-o remount`: change the flags of the existing mount, start no daemon.
+    remount: bool,
     acl: Acl,
-    read_only: bool,
     debug: bool,
     log: Option<LogTarget>,
     retention: Option<String>,
@@ -103,17 +113,17 @@ fn is_ignored(opt: &str) -> bool {
         "owner",
         "group",
         "_netdev",
-        "relatime",
-        "norelatime",
-        "strictatime",
-        "nostrictatime",
-        "lazytime",
-        "nolazytime",
         "silent",
         "loud",
     ];
     const PREFIXES: &[&str] = &["x-", "X-", "comment=", "uhelper=", "helper=", "fsname=", "subtype="];
     WORDS.contains(&opt) || PREFIXES.iter().any(|p| opt.starts_with(p))
+}
+
+/// The options of a FUSE superblock the kernel shows in mountinfo.
+fn is_fuse_kernel_option(opt: &str) -> bool {
+    const PREFIXES: &[&str] = &["user_id=", "group_id=", "rootmode=", "fd=", "max_read=", "blksize="];
+    opt == "allow_other" || PREFIXES.iter().any(|p| opt.starts_with(p))
 }
 
 /// Splits an option string at commas outside double quotes (`retention="a=1,b=2",ro`).
@@ -133,75 +143,46 @@ fn split_options(s: &str) -> Vec<String> {
 }
 
 pub(super) fn parse_options(raw: &[String], sloppy: bool) -> anyhow::Result<Options> {
-    let mut opts = Options { mount: vec![MountOption::DefaultPermissions], ..Default::default() };
-    for opt in raw.iter().flat_map(|o| split_options(o)) {
-        let opt = opt.as_str();
-        let m = match opt {
-            "nofail" => {
-                opts.nofail = true;
-                continue;
-            }
-            o if is_ignored(o) => continue,
-            "allow_other" => {
-                opts.acl = Acl::All;
-                continue;
-            }
-            "allow_root" => {
-                opts.acl = opts.acl.max_with(Acl::Root);
-                continue;
-            }
-            "debug" => {
-                opts.debug = true;
-                continue;
-            }
-            "ro" => {
-                opts.read_only = true;
-                MountOption::RO
-            }
-            "rw" => {
-                opts.read_only = false;
-                MountOption::RW
-            }
-            "dev" => MountOption::Dev,
-            "nodev" => MountOption::NoDev,
-            "suid" => MountOption::Suid,
-            "nosuid" => MountOption::NoSuid,
-            "exec" => MountOption::Exec,
-            "noexec" => MountOption::NoExec,
-            "atime" => MountOption::Atime,
-            "noatime" => MountOption::NoAtime,
-            "sync" => MountOption::Sync,
-            "async" => MountOption::Async,
-            "dirsync" => MountOption::DirSync,
+    let mut opts = Options::default();
+    let words: Vec<String> = raw.iter().flat_map(|o| split_options(o)).collect();
+    opts.remount = words.iter().any(|w| w == "remount");
+    for opt in &words {
+        match opt.as_str() {
+            "nofail" => opts.nofail = true,
+            o if is_ignored(o) => {}
+            // mount(8) passes a remount the mount's FUSE options, which stay as they are.
+            o if opts.remount && is_fuse_kernel_option(o) => {}
+            o if opts.vfs.apply(o) => {}
+            "remount" => {}
+            "allow_other" => opts.acl = Acl::All,
+            "allow_root" => opts.acl = opts.acl.max_with(Acl::Root),
+            "debug" => opts.debug = true,
             o if o.starts_with("log=") => {
                 opts.log = Some(match &o[4..] {
                     "" => bail!("log=: expected log=PATH or log=syslog"),
                     "syslog" => LogTarget::Syslog,
                     path => LogTarget::File(PathBuf::from(path)),
                 });
-                continue;
             }
             o if o.starts_with("retention=") => {
                 let policy = o["retention=".len()..].replace(':', ",");
                 policy.parse::<Retention>().map_err(|e| anyhow::anyhow!("retention={policy}: {e}"))?;
                 opts.retention = Some(policy);
-                continue;
             }
             o if o.starts_with("commit=") || o.starts_with("cache=") => bail!(
                 "mount option `{o}` is not supported by this genfs: every close already commits \
                  durably, and the kernel cache is managed per generation"
             ),
-            other if sloppy => {
-                opts.ignored.push(other.to_string());
-                continue;
-            }
+            other if sloppy => opts.ignored.push(other.to_string()),
             other => {
                 bail!("unknown mount option `{other}` (see `genfs mount --help`; -s ignores unknown options)")
             }
-        };
-        opts.mount.push(m);
+        }
     }
-    if opts.read_only && opts.retention.is_some() {
+    if opts.remount && (opts.retention.is_some() || opts.log.is_some()) {
+        bail!("remount changes only ro, rw, suid, dev, exec and the atime options; unmount and mount again for the others");
+    }
+    if opts.vfs.read_only && opts.retention.is_some() {
         bail!("retention= changes the store: it cannot be combined with ro");
     }
     Ok(opts)
@@ -251,6 +232,12 @@ fn check_unprivileged(opts: &Options) -> anyhow::Result<()> {
     if euid() == 0 {
         return Ok(());
     }
+    if opts.vfs.asks_privilege() {
+        bail!(
+            "suid and dev are for root only: a mount by another user is always nosuid,nodev \
+             (fusermount3), or a user could plant setuid programs and device nodes"
+        );
+    }
     // SAFETY: access(2) on a constant path.
     if unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } != 0 {
         let e = super::history::cause(&std::io::Error::last_os_error());
@@ -283,7 +270,12 @@ fn strip_program(store: &Path) -> PathBuf {
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
-    let opts = parse_options(&args.options, args.sloppy)?;
+    let mut opts = parse_options(&args.options, args.sloppy)?;
+    if opts.remount {
+        remount(&args.mountpoint, &args.options)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    opts.local_defaults = args.mount8 && euid() == 0;
     for o in &opts.ignored {
         eprintln!("genfs: ignoring unknown mount option `{o}` (sloppy mode)");
     }
@@ -510,7 +502,13 @@ impl Daemon {
         let fs = GenFs::new(store);
         let core = fs.notifier_slot();
         let mut cfg = Config::default();
-        cfg.mount_options = self.opts.mount.clone();
+        let vfs = self.opts.vfs.resolved(self.opts.local_defaults);
+        cfg.mount_options = vec![MountOption::DefaultPermissions];
+        cfg.mount_options.extend(vfs.fuser_options());
+        if vfs.lazytime && euid() == 0 {
+            // A superblock flag the kernel takes among the mount data.
+            cfg.mount_options.push(MountOption::CUSTOM("lazytime".into()));
+        }
         cfg.mount_options.push(MountOption::FSName(self.store.display().to_string()));
         // fuser's Subtype is only passed to fusermount; as a kernel option `subtype=` names the
         // type `fuse.genfs` on the direct mount(2) path too (and fusermount3 understands it).
@@ -527,6 +525,14 @@ impl Daemon {
             .with_context(|| format!("cannot mount on {}", self.mnt.display()))?;
         core.set_notifier(session.notifier());
         raise_readahead(&self.mnt);
+        if vfs.beyond_fuser() && euid() == 0 {
+            // strictatime and nodiratime, which fuser cannot pass: per-mount flags, set by a
+            // bind remount (no superblock change, so no request to this daemon, not serving yet).
+            mount_flags::remount(&self.mnt, &vfs, true)
+                .with_context(|| format!("cannot set the atime options of {}", self.mnt.display()))?;
+        }
+        core.atime.set(vfs.atime_options());
+        follow_remounts(&self.mnt, core.clone())?;
         let mut unmounter = session.unmount_callable();
         let (mnt, reg) = (self.mnt.clone(), registered.clone());
         std::thread::Builder::new()
@@ -636,6 +642,60 @@ fn explain_mount_error(e: std::io::Error, mnt: &Path) -> anyhow::Error {
     } else {
         anyhow::Error::new(e)
     }
+}
+
+/// Keeps the daemon's atime options those of its mount as remounts change them (mountinfo is
+/// polled: the kernel tells a FUSE daemon nothing of a remount).
+fn follow_remounts(mnt: &Path, core: Arc<crate::fs::Core>) -> anyhow::Result<()> {
+    let Some(mount) = super::umount::find_mount(mnt) else { return Ok(()) };
+    std::thread::Builder::new()
+        .name("genfs-remounts".into())
+        .spawn(move || {
+            let mut last = (mount.options, mount.super_options);
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                let Some(now) = super::umount::parse_mountinfo(&text).into_iter().find(|m| m.id == mount.id)
+                else {
+                    return;
+                };
+                if (&now.options, &now.super_options) != (&last.0, &last.1) {
+                    let options = VfsFlags::of_mount(&now).atime_options();
+                    tracing::info!("remounted {}: atime options now {options:?}", now.mountpoint.display());
+                    core.atime.set(options);
+                    last = (now.options, now.super_options);
+                }
+            }
+        })
+        .context("cannot start the remount thread")?;
+    Ok(())
+}
+
+/// `mount -o remount,…`: new flags for the mount on `mnt` (root only: fusermount3 cannot
+/// remount). Options not said keep the mount's current value.
+fn remount(mnt: &Path, raw: &[String]) -> anyhow::Result<()> {
+    let mnt = std::fs::canonicalize(mnt).with_context(|| format!("mount point {}", mnt.display()))?;
+    let Some(mount) = super::umount::find_mount(&mnt).filter(|m| m.fstype == "fuse.genfs") else {
+        bail!("{}: not a genfs mount, nothing to remount", mnt.display());
+    };
+    if euid() != 0 {
+        bail!(
+            "{}: remount needs root (fusermount3 cannot remount); unmount and mount again with the \
+             new options",
+            mnt.display()
+        );
+    }
+    let mut flags = VfsFlags::of_mount(&mount);
+    for opt in raw.iter().flat_map(|o| split_options(o)) {
+        flags.apply(&opt);
+    }
+    mount_flags::remount(&mnt, &flags, false).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => anyhow::anyhow!(
+            "cannot remount {} read-only: files are open for writing there (`fuser -vm {0}` shows which)",
+            mnt.display()
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot remount {}", mnt.display())),
+    })
 }
 
 /// How long a mount waits for the daemon of an unmounted mount of the same store to exit.
@@ -749,20 +809,18 @@ mod tests {
         let o =
             parse("defaults,nofail,_netdev,x-systemd.automount,noauto,user,rw,nodev,nosuid,noexec").unwrap();
         assert_eq!(
-            o.mount,
-            vec![
-                MountOption::DefaultPermissions,
-                MountOption::RW,
-                MountOption::NoDev,
-                MountOption::NoSuid,
-                MountOption::NoExec
-            ]
+            o.vfs.fuser_options(),
+            vec![MountOption::RW, MountOption::NoSuid, MountOption::NoDev, MountOption::NoExec]
         );
         assert_eq!(o.acl, Acl::Owner);
         let o = parse("ro,allow_other,default_permissions,dev,suid,uhelper=genfs,comment=x").unwrap();
-        assert!(o.read_only);
+        assert!(o.vfs.read_only);
         assert_eq!(o.acl, Acl::All);
-        assert!(o.mount.contains(&MountOption::Dev) && o.mount.contains(&MountOption::Suid));
+        assert!(o.vfs.fuser_options().contains(&MountOption::Dev) && o.vfs.asks_privilege());
+        let o = parse("strictatime,nodiratime,lazytime").unwrap();
+        assert!(o.vfs.beyond_fuser() && !o.vfs.asks_privilege());
+        assert!(parse("remount,ro").unwrap().remount);
+        assert!(parse("remount,retention=keep-last=2").is_err());
     }
 
     #[test]
@@ -776,7 +834,7 @@ mod tests {
         assert_eq!(o.retention.as_deref(), Some("keep-last=5,keep-within=2d"));
         let o = parse("retention=\"keep-last=5,keep-daily=7\",noatime").unwrap();
         assert_eq!(o.retention.as_deref(), Some("keep-last=5,keep-daily=7"));
-        assert!(o.mount.contains(&MountOption::NoAtime));
+        assert!(o.vfs.fuser_options().contains(&MountOption::NoAtime));
     }
 
     #[test]
@@ -790,7 +848,7 @@ mod tests {
         assert!(err("log=").contains("log=PATH"));
         let o = parse_options(&["frobnicate,ro".into()], true).unwrap();
         assert_eq!(o.ignored, vec!["frobnicate".to_string()]);
-        assert!(o.read_only);
+        assert!(o.vfs.read_only);
     }
 
     #[test]

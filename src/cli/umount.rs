@@ -55,6 +55,8 @@ pub struct MountEntry {
     pub options: String,
     pub fstype: String,
     pub source: PathBuf,
+    /// The superblock's options (`rw,lazytime,user_id=0`).
+    pub super_options: String,
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
@@ -81,12 +83,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let fields: Vec<&str> = head.split(' ').collect();
             let mut t = tail.split(' ');
             let (fstype, source) = (t.next()?, t.next()?);
+            let super_options = t.next().unwrap_or("").to_string();
             Some(MountEntry {
                 id: fields.first()?.parse().ok()?,
                 mountpoint: unescape(fields.get(4)?),
                 options: fields.get(5)?.to_string(),
                 fstype: fstype.into(),
                 source: unescape(source),
+                super_options,
             })
         })
         .collect()
@@ -327,7 +331,8 @@ mod tests {
                 mountpoint: "/tmp/a b".into(),
                 options: "rw,nosuid,nodev,relatime".into(),
                 fstype: "fuse.genfs".into(),
-                source: "/srv/st\\ore".into()
+                source: "/srv/st\\ore".into(),
+                super_options: "rw,user_id=0".into(),
             }
         );
         assert_eq!(unescape("a\\012b\\"), PathBuf::from("a\nb\\"));

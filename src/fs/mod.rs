@@ -8,6 +8,7 @@
 //! unlink or rename of a file with several nodes) go to a pool of their own: a commit worker can
 //! wait in `inval_entry` for a directory lock that such a request holds.
 
+pub mod atime;
 mod attr;
 mod handles;
 mod listings;
@@ -48,6 +49,10 @@ const NAMESPACE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 const CHECKPOINT_EVERY_SYNCS: u32 = 60;
 /// Virtual attributes: answered by genfs, never stored, never listed.
 const XATTR_PREFIX: &[u8] = crate::versions::PREFIX;
+/// POSIX ACLs are not supported (docs/conformance.md): setting one is EOPNOTSUPP, so that
+/// setfacl says so and the kernel never takes a stored ACL for one it enforces. Any a store
+/// holds from before is neither shown nor listed; removexattr still deletes it.
+const POSIX_ACL_PREFIX: &[u8] = b"system.posix_acl_";
 /// Retention is applied in the background this often.
 const GC_EVERY_SYNCS: u32 = 600;
 
@@ -67,6 +72,8 @@ pub struct Core {
     views: Views,
     view_ids: nodes::ViewIds,
     mounted_at: Timestamp,
+    /// The mount's atime options (set by the mount command, which follows remounts).
+    pub atime: atime::AtimePolicy,
     /// Invalidations left running after an fsync's reply, per file; closes wait for them.
     late_invalidations: parking_lot::Mutex<std::collections::HashMap<Ino, u32>>,
     late_invalidated: parking_lot::Condvar,
@@ -122,6 +129,7 @@ impl GenFs {
             views: Views::default(),
             view_ids: Default::default(),
             mounted_at: Timestamp::now(),
+            atime: Default::default(),
             late_invalidations: Default::default(),
             late_invalidated: Default::default(),
             last_gc: parking_lot::Mutex::new(None),
@@ -443,6 +451,15 @@ impl Core {
         }
     }
 
+    /// Gives a file or directory that was read the atime the mount's atime mode asks for.
+    /// Best effort: a read never fails for its atime.
+    fn touch_atime(&self, ino: Ino, is_dir: bool) {
+        let now = Timestamp::now();
+        if let Err(e) = self.store.update_atime(ino, |inode| self.atime.after_read(inode, is_dir, now)) {
+            tracing::debug!("atime of inode {ino} not updated: {e}");
+        }
+    }
+
     /// A truncate by path (no writable handle of the caller): commits a new generation.
     fn truncate_path(&self, ino: Ino, size: u64) -> StoreResult<()> {
         if let Some(file) = self.files.get(ino) {
@@ -571,6 +588,10 @@ impl Core {
                 kind: HandleKind::Reader(node.manifest),
                 created,
             });
+            // strictatime: every open's reads reach the daemon, which sets the atime.
+            if self.atime.get().mode == atime::AtimeMode::Strict {
+                return Ok((fh, FopenFlags::empty()));
+            }
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
         self.store.check_writable().map_err(|e| errno(&e))?;
@@ -661,6 +682,9 @@ impl Core {
     fn xattr_get(&self, nodeid: u64, name: &[u8], req: &Request) -> StoreResult<Vec<u8>> {
         if name.starts_with(XATTR_PREFIX) {
             return self.version_attr(nodeid, name, req);
+        }
+        if name.starts_with(POSIX_ACL_PREFIX) {
+            return Err(StoreError::NoAttribute);
         }
         self.store.xattr(self.ino_of(nodeid)?, name)
     }
@@ -1078,8 +1102,15 @@ impl Filesystem for GenFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read_handle(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+        let c = &self.core;
+        match c.read_handle(fh.0, offset, size) {
+            Ok(data) => {
+                // Before the reply: a stat right after the read must see the new atime.
+                if let Some(handle) = c.handles.get(fh.0).filter(|h| c.views.get(h.nodeid).is_none()) {
+                    c.touch_atime(handle.ino, false);
+                }
+                reply.data(&data);
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -1235,6 +1266,9 @@ impl Filesystem for GenFs {
             }
             return reply.ok();
         }
+        if offset == 0 {
+            c.touch_atime(c.ino_of(dir).unwrap_or(dir), true);
+        }
         if offset < 1 && reply.add(INodeNo(dir), 1, fuser::FileType::Directory, ".") {
             return reply.ok();
         }
@@ -1312,6 +1346,9 @@ impl Filesystem for GenFs {
         if name.starts_with(XATTR_PREFIX) {
             return self.set_version_attr(req, ino.0, name, value, reply);
         }
+        if name.starts_with(POSIX_ACL_PREFIX) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mode = match flags {
             0 => XattrMode::Any,
             libc::XATTR_CREATE => XattrMode::Create,
@@ -1330,7 +1367,8 @@ impl Filesystem for GenFs {
         let c = &self.core;
         let list = c.ino_of(ino.0).and_then(|i| c.store.xattr_names(i)).map(|names| {
             let mut out = Vec::new();
-            for n in names.iter().filter(|n| !n.starts_with(XATTR_PREFIX)) {
+            for n in names.iter().filter(|n| !n.starts_with(XATTR_PREFIX) && !n.starts_with(POSIX_ACL_PREFIX))
+            {
                 out.extend_from_slice(n);
                 out.push(0);
             }

@@ -706,6 +706,20 @@ impl Store {
         Ok(inode)
     }
 
+    /// Sets the atime `decide` gives the inode, if any; ctime stays (a read changes no status).
+    pub fn update_atime(&self, ino: Ino, decide: impl Fn(&Inode) -> Option<Timestamp>) -> StoreResult<()> {
+        if decide(&self.inode(ino)?).is_none() {
+            return Ok(());
+        }
+        let _locks = self.lock_inodes(&[ino]);
+        let mut inode = self.inode(ino)?;
+        if let Some(t) = decide(&inode) {
+            inode.atime = t;
+            self.mutate(vec![Op::PutInode { ino, inode }])?;
+        }
+        Ok(())
+    }
+
     pub fn xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<Vec<u8>> {
         self.inode(ino)?;
         self.index.xattr(ino, name)?.ok_or(StoreError::NoAttribute)
