@@ -251,3 +251,82 @@ fn posix_acls_are_refused_cleanly() {
         );
     }
 }
+
+fn errno_of<T>(r: std::io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+/// chattr +i, +a and +d are kept and enforced as on ext4; lsattr shows them.
+#[test]
+fn immutable_append_only_and_nodump() {
+    let m = Mounted::new("chattr");
+    let (f, d) = (m.path("f"), m.path("d"));
+    write_file(&f, b"one").unwrap();
+    std::fs::create_dir(&d).unwrap();
+    write_file(&d.join("inside"), b"x").unwrap();
+    let chattr = |flags: &str, p: &std::path::Path| sh(&format!("chattr {flags} '{}'", p.display())).0;
+    let lsattr = |p: &std::path::Path| sh(&format!("lsattr -d '{}'", p.display())).1;
+
+    assert!(chattr("+i", &f));
+    assert!(lsattr(&f).split_whitespace().next().unwrap().contains('i'), "{}", lsattr(&f));
+    let eperm = Some(libc::EPERM);
+    assert_eq!(errno_of(OpenOptions::new().write(true).open(&f)), eperm, "open for writing");
+    assert_eq!(errno_of(OpenOptions::new().append(true).open(&f)), eperm, "open for appending");
+    assert_eq!(errno_of(std::fs::remove_file(&f)), eperm, "unlink");
+    assert_eq!(errno_of(std::fs::rename(&f, m.path("g"))), eperm, "rename");
+    assert_eq!(errno_of(std::fs::hard_link(&f, m.path("h"))), eperm, "link");
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    assert_eq!(errno_of(std::fs::set_permissions(&f, perms)), eperm, "chmod");
+    assert_eq!(errno_of(xattr::set(&f, "user.x", b"1")), eperm, "setxattr");
+    assert!(!sh(&format!("touch '{}'", f.display())).0, "touch");
+    // No new generation either, not even a restore of an old one.
+    assert_eq!(errno_of(xattr::set(&f, "user.genfs.restore", b"1")), eperm, "restore");
+    assert_eq!(std::fs::read(&f).unwrap(), b"one");
+    // A writer opened before +i writes no more after it.
+    assert!(chattr("-i", &f));
+    let mut w = OpenOptions::new().write(true).open(&f).unwrap();
+    assert!(chattr("+i", &f));
+    assert_eq!(errno_of(std::io::Write::write_all(&mut w, b"two")), eperm, "write after +i");
+    drop(w);
+    assert!(chattr("-i", &f));
+    assert!(!lsattr(&f).split_whitespace().next().unwrap().contains('i'));
+    write_file(&f, b"two").unwrap();
+
+    // Append-only: appends work, nothing else.
+    assert!(chattr("+a", &f));
+    let mut a = OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut a, b"+three").unwrap();
+    drop(a);
+    assert_eq!(std::fs::read(&f).unwrap(), b"two+three");
+    assert_eq!(errno_of(OpenOptions::new().write(true).open(&f)), eperm, "open without O_APPEND");
+    let append_trunc =
+        std::os::unix::fs::OpenOptionsExt::custom_flags(OpenOptions::new().append(true), libc::O_TRUNC)
+            .open(&f);
+    assert_eq!(errno_of(append_trunc), eperm, "O_APPEND|O_TRUNC");
+    assert_eq!(errno_of(File::open(&f).and_then(|_| OpenOptions::new().write(true).open(&f))), eperm);
+    assert_eq!(errno_of(std::fs::remove_file(&f)), eperm, "unlink of append-only");
+    assert!(sh(&format!("touch '{}'", f.display())).0, "touch (times to now) is allowed");
+    assert!(chattr("-a", &f));
+
+    // Directories: +i keeps entries from coming and going; +a lets them come only.
+    assert!(chattr("+i", &d));
+    assert_eq!(errno_of(File::create(d.join("new"))), eperm, "create in +i dir");
+    assert_eq!(errno_of(std::fs::remove_file(d.join("inside"))), eperm, "unlink in +i dir");
+    assert!(chattr("-i", &d) && chattr("+a", &d));
+    write_file(&d.join("new"), b"y").unwrap();
+    assert_eq!(errno_of(std::fs::remove_file(d.join("new"))), eperm, "unlink in +a dir");
+    assert!(chattr("-a", &d));
+
+    // nodump is kept; flags genfs has no use for are refused.
+    assert!(chattr("+d", &f));
+    assert!(lsattr(&f).split_whitespace().next().unwrap().contains('d'));
+    assert!(!chattr("+c", &f), "chattr +c (compression) accepted");
+    // The flags survive a remount and are nobody's xattr.
+    let mut m = m;
+    m.remount();
+    assert!(lsattr(&f).split_whitespace().next().unwrap().contains('d'));
+    let names: Vec<_> = xattr::list(&f).unwrap().collect();
+    assert!(names.is_empty(), "{names:?}");
+    assert!(xattr::get(&f, "genfs.fileattr").unwrap().is_none());
+    assert!(xattr::set(&f, "genfs.fileattr", &[0; 4]).is_err());
+}

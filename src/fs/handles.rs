@@ -21,6 +21,8 @@ pub struct OpenFile {
     pub ino: Ino,
     pub slot: Mutex<DraftSlot>,
     writers: AtomicU64,
+    /// chattr +i since it was opened: writes are refused from then on (fileattr.rs).
+    pub immutable: AtomicBool,
 }
 
 pub struct Writer {
@@ -191,6 +193,7 @@ impl OpenFiles {
             ino,
             slot: Mutex::new(DraftSlot { draft: store.new_draft(ino)?, epoch: 1 }),
             writers: AtomicU64::new(1),
+            immutable: AtomicBool::new(false),
         });
         map.insert(ino, file.clone());
         Ok((file, 1))

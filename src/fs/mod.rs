@@ -10,6 +10,7 @@
 
 pub mod atime;
 mod attr;
+mod fileattr;
 mod handles;
 mod listings;
 mod locks;
@@ -304,6 +305,17 @@ impl Core {
         Ok(nodeid.0)
     }
 
+    /// EPERM if the entry `name` of `parent` may not go (unlink, rmdir, rename): the file or
+    /// the directory is immutable or append-only.
+    fn check_removable(&self, parent: Ino, name: &[u8]) -> StoreResult<()> {
+        const PROTECTED: u32 = fileattr::IMMUTABLE | fileattr::APPEND;
+        self.refuse_if(parent, PROTECTED)?;
+        match self.store.lookup(parent, name) {
+            Ok((ino, _)) => self.refuse_if(ino, PROTECTED),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// The hidden `.genfs` name at the root cannot be created, removed or renamed over.
     fn check_name(parent: Ino, name: &[u8]) -> StoreResult<()> {
         if parent == ROOT_INO && name == crate::versions::VIEWS_DIR {
@@ -381,6 +393,7 @@ impl Core {
     ) -> StoreResult<(Ino, Inode)> {
         let parent = self.dir_ino(parent)?;
         Self::check_name(parent, name.as_bytes())?;
+        self.refuse_if(parent, fileattr::IMMUTABLE)?;
         let dir = self.store.inode(parent)?;
         node.uid = req.uid();
         node.gid = req.gid();
@@ -487,6 +500,9 @@ impl Core {
         let mut slot = w.file.slot.lock();
         if slot.epoch != w.epoch || slot.draft.failed {
             return Err(StoreError::io("write", std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        if w.file.immutable.load(Ordering::SeqCst) {
+            return Err(StoreError::NotPermitted);
         }
         let offset = if w.append { slot.draft.size } else { offset };
         self.store.ensure_space(data.len() as u64)?;
@@ -595,6 +611,13 @@ impl Core {
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
         }
         self.store.check_writable().map_err(|e| errno(&e))?;
+        if let Some(ino) = self.nodes.get(nodeid).map(|n| n.ino) {
+            let attrs = self.fileattr(ino).map_err(|e| errno(&e))?;
+            let appends = flags.0 & libc::O_APPEND != 0 && flags.0 & libc::O_TRUNC == 0;
+            if attrs & fileattr::IMMUTABLE != 0 || (attrs & fileattr::APPEND != 0 && !appends) {
+                return Err(Errno::EPERM);
+            }
+        }
         let node = self.nodes.open_writer(nodeid, req.pid()).map_err(|Redirect| {
             tracing::debug!("writable open of node {nodeid:#x} by {} redirected", req.pid());
             Errno::ESTALE
@@ -683,7 +706,7 @@ impl Core {
         if name.starts_with(XATTR_PREFIX) {
             return self.version_attr(nodeid, name, req);
         }
-        if name.starts_with(POSIX_ACL_PREFIX) {
+        if name.starts_with(POSIX_ACL_PREFIX) || name == fileattr::FLAGS_XATTR {
             return Err(StoreError::NoAttribute);
         }
         self.store.xattr(self.ino_of(nodeid)?, name)
@@ -890,6 +913,17 @@ impl Filesystem for GenFs {
             Ok(i) => i,
             Err(e) => return reply.error(errno(&e)),
         };
+        // chattr +i: nothing changes; +a: only the times, and only to now (touch).
+        let set_times = matches!(atime, Some(TimeOrNow::SpecificTime(_)))
+            || matches!(mtime, Some(TimeOrNow::SpecificTime(_)));
+        let forbidding = if mode.is_some() || uid.is_some() || gid.is_some() || size.is_some() || set_times {
+            fileattr::IMMUTABLE | fileattr::APPEND
+        } else {
+            fileattr::IMMUTABLE
+        };
+        if let Err(e) = c.refuse_if(ino, forbidding) {
+            return reply.error(errno(&e));
+        }
         let mtime = mtime.map(ts);
         let change = SetAttrs {
             perm: mode.map(|m| (m & 0o7777) as u16),
@@ -981,6 +1015,7 @@ impl Filesystem for GenFs {
         let name = name.as_bytes();
         let result = c.dir_ino(parent).and_then(|p| {
             Core::check_name(p, name)?;
+            c.check_removable(p, name)?;
             c.store.unlink(p, name)
         });
         match result {
@@ -995,6 +1030,7 @@ impl Filesystem for GenFs {
         let name = name.as_bytes();
         let result = c.dir_ino(parent).and_then(|p| {
             Core::check_name(p, name)?;
+            c.check_removable(p, name)?;
             c.store.rmdir(p, name)
         });
         reply_empty(reply, result.map(|_| ()));
@@ -1037,6 +1073,13 @@ impl Filesystem for GenFs {
                 RenameMode::Exchange => c.store.lookup(p2, newname).ok().map(|(ino, _)| ino),
                 _ => None,
             };
+            // As for an unlink of the old name and a link of the new one (and, for one
+            // replaced, its unlink).
+            c.check_removable(p1, name)?;
+            c.refuse_if(p2, fileattr::IMMUTABLE)?;
+            if c.store.lookup(p2, newname).is_ok() {
+                c.check_removable(p2, newname)?;
+            }
             let replaced = c.store.rename(p1, name, p2, newname, mode)?;
             Ok([Some(moved), exchanged.or(replaced)])
         });
@@ -1059,6 +1102,8 @@ impl Filesystem for GenFs {
         let result = c.writable_ino_of(ino.0).and_then(|ino| {
             let parent = c.dir_ino(newparent)?;
             Core::check_name(parent, newname.as_bytes())?;
+            c.refuse_if(ino, fileattr::IMMUTABLE | fileattr::APPEND)?;
+            c.refuse_if(parent, fileattr::IMMUTABLE)?;
             let inode = c.store.link(ino, parent, newname.as_bytes())?;
             Ok((ino, c.entry_attr(ino, inode, req.pid())?))
         });
@@ -1346,7 +1391,7 @@ impl Filesystem for GenFs {
         if name.starts_with(XATTR_PREFIX) {
             return self.set_version_attr(req, ino.0, name, value, reply);
         }
-        if name.starts_with(POSIX_ACL_PREFIX) {
+        if name.starts_with(POSIX_ACL_PREFIX) || name == fileattr::FLAGS_XATTR {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let mode = match flags {
@@ -1356,7 +1401,11 @@ impl Filesystem for GenFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let c = &self.core;
-        reply_empty(reply, c.writable_ino_of(ino.0).and_then(|i| c.store.set_xattr(i, name, value, mode)));
+        let set = c.writable_ino_of(ino.0).and_then(|i| {
+            c.refuse_if(i, fileattr::IMMUTABLE | fileattr::APPEND)?;
+            c.store.set_xattr(i, name, value, mode)
+        });
+        reply_empty(reply, set);
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1367,8 +1416,10 @@ impl Filesystem for GenFs {
         let c = &self.core;
         let list = c.ino_of(ino.0).and_then(|i| c.store.xattr_names(i)).map(|names| {
             let mut out = Vec::new();
-            for n in names.iter().filter(|n| !n.starts_with(XATTR_PREFIX) && !n.starts_with(POSIX_ACL_PREFIX))
-            {
+            let hidden = |n: &[u8]| {
+                n.starts_with(XATTR_PREFIX) || n.starts_with(POSIX_ACL_PREFIX) || n == fileattr::FLAGS_XATTR
+            };
+            for n in names.iter().filter(|n| !hidden(n)) {
                 out.extend_from_slice(n);
                 out.push(0);
             }
@@ -1383,7 +1434,14 @@ impl Filesystem for GenFs {
             return reply.error(Errno::EPERM);
         }
         let c = &self.core;
-        reply_empty(reply, c.writable_ino_of(ino.0).and_then(|i| c.store.remove_xattr(i, name)));
+        let removed = c.writable_ino_of(ino.0).and_then(|i| {
+            c.refuse_if(i, fileattr::IMMUTABLE | fileattr::APPEND)?;
+            if name == fileattr::FLAGS_XATTR {
+                return Err(StoreError::NoAttribute);
+            }
+            c.store.remove_xattr(i, name)
+        });
+        reply_empty(reply, removed);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -1481,20 +1539,34 @@ impl Filesystem for GenFs {
         }
     }
 
-    // Requests genfs does not serve, answered without a log line: an unprivileged loop must
-    // not be able to grow the daemon's log (Python's open() sends an ioctl on every call).
+    // File attributes (chattr/lsattr). Other commands get ENOTTY without a log line: an
+    // unprivileged loop must not be able to grow the daemon's log (Python's open() sends an
+    // ioctl on every call).
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
+        cmd: u32,
+        in_data: &[u8],
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        let c = &self.core;
+        let result = c.fileattr_ioctl(ino.0, cmd, in_data);
+        if cmd == fileattr::FS_IOC_SETFLAGS || cmd == fileattr::FS_IOC_FSSETXATTR {
+            // ctime changed: every node of the file shows it.
+            if let (Ok(_), Ok(file)) = (&result, c.ino_of(ino.0)) {
+                let stale = c.stale_nodes(file, None);
+                return self.after_invalidating(stale, move |_| reply.ioctl(0, &[]));
+            }
+        }
+        match result {
+            Ok(data) => reply.ioctl(0, &data),
+            Err(StoreError::NotTty) => reply.error(Errno::ENOTTY),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn poll(
@@ -1568,6 +1640,9 @@ impl Filesystem for GenFs {
             let handle = c.handles.get(fh.0).ok_or(StoreError::InvalidArgument)?;
             let end = offset.checked_add(length).ok_or(StoreError::FileTooBig)?;
             let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
+            if w.file.immutable.load(Ordering::SeqCst) {
+                return Err(StoreError::NotPermitted);
+            }
             let mut slot = w.file.slot.lock();
             if end > slot.draft.size {
                 // The space is not reserved (a new generation's blocks are written at close),

@@ -105,6 +105,8 @@ impl GenFs {
             };
             match name {
                 v::RESTORE => {
+                    // An immutable or append-only file gets no generation but its own.
+                    c.refuse_if(ino, super::fileattr::IMMUTABLE | super::fileattr::APPEND)?;
                     let gen: u64 = text.parse().map_err(|_| StoreError::InvalidArgument)?;
                     if c.store.inode(ino)?.kind != Kind::File {
                         return Err(StoreError::InvalidArgument);

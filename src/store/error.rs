@@ -43,6 +43,10 @@ pub enum StoreError {
     PermissionDenied,
     Busy,
     CrossDevice,
+    /// An operation or flag genfs does not offer (EOPNOTSUPP).
+    NotSupported,
+    /// An ioctl genfs does not answer (ENOTTY).
+    NotTty,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -77,6 +81,8 @@ impl StoreError {
             StoreError::PermissionDenied => libc::EACCES,
             StoreError::Busy => libc::EBUSY,
             StoreError::CrossDevice => libc::EXDEV,
+            StoreError::NotSupported => libc::EOPNOTSUPP,
+            StoreError::NotTty => libc::ENOTTY,
         }
     }
 
