@@ -35,11 +35,15 @@ Where \fBgenfs mount\fR (as root) records \fBuhelper=genfs\fR so that \fBumount\
 
 const MOUNT_EXTRA: &str = r#".SH OPTIONS FOR GENFS
 Generic options: \fBro\fR, \fBrw\fR, \fBnodev\fR, \fBnosuid\fR, \fBnoexec\fR, \fBdev\fR, \fBsuid\fR,
-\fBexec\fR, \fBatime\fR, \fBnoatime\fR, \fBsync\fR, \fBasync\fR, \fBdirsync\fR, \fBallow_other\fR,
-\fBallow_root\fR, \fBdefault_permissions\fR (always on). Ignored, because mount(8) and fstab use
-them for themselves: \fBdefaults\fR, \fBauto\fR, \fBnoauto\fR, \fBuser\fR, \fBnouser\fR,
-\fBusers\fR, \fBowner\fR, \fBgroup\fR, \fBnofail\fR, \fB_netdev\fR, \fBrelatime\fR,
-\fBstrictatime\fR, \fBlazytime\fR, \fBcomment=\fR, \fBx\-\fR*, \fBuhelper=\fR, \fBhelper=\fR.
+\fBexec\fR, \fBrelatime\fR (the default), \fBstrictatime\fR, \fBnoatime\fR, \fBatime\fR,
+\fBnodiratime\fR, \fBdiratime\fR, \fBlazytime\fR, \fBsync\fR, \fBasync\fR, \fBdirsync\fR,
+\fBallow_other\fR, \fBallow_root\fR, \fBdefault_permissions\fR (always on). \fBsuid\fR and
+\fBdev\fR are for root only; through mount(8) they are root's default, as for a local
+filesystem, while \fBgenfs mount\fR defaults to \fBnosuid,nodev\fR. \fBremount\fR (root only)
+changes the generic flags of a mounted store: \fBmount \-o remount,ro\fR \fIMOUNTPOINT\fR.
+Ignored, because mount(8) and fstab use them for themselves: \fBdefaults\fR, \fBauto\fR,
+\fBnoauto\fR, \fBuser\fR, \fBnouser\fR, \fBusers\fR, \fBowner\fR, \fBgroup\fR, \fBnofail\fR,
+\fB_netdev\fR, \fBcomment=\fR, \fBx\-\fR*, \fBuhelper=\fR, \fBhelper=\fR.
 .PP
 genfs's own: \fBdebug\fR (log at debug level), \fBlog=\fR\fIPATH\fR (the daemon's log file; default
 \fISTORE\fR/genfs.log), \fBlog=syslog\fR (to syslog, which journald collects),

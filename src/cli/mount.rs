@@ -41,12 +41,14 @@ pub struct MountArgs {
     mountpoint: PathBuf,
     /// Mount options, comma separated (repeatable).
     ///
-    /// Generic: ro, rw, nodev, nosuid, noexec, dev, suid, exec, atime, noatime, sync, async,
-    /// dirsync, allow_other (other users may enter; for non-root users only if /etc/fuse.conf
-    /// has user_allow_other), allow_root, default_permissions (always on: permissions are
-    /// checked for every user). Ignored, as mount(8) and fstab use them: defaults, auto,
-    /// noauto, user, nouser, users, owner, group, nofail, _netdev, relatime, strictatime,
-    /// lazytime, silent, loud, comment=…, x-…, uhelper=…, helper=…, fsname=…, subtype=….
+    /// Generic: ro, rw, nodev, nosuid, noexec, dev, suid, exec, relatime (default),
+    /// strictatime, noatime, atime, nodiratime, diratime, lazytime, sync, async, dirsync,
+    /// allow_other (other users may enter; for non-root users only if /etc/fuse.conf has
+    /// user_allow_other), allow_root, default_permissions (always on). suid and dev are for
+    /// root only (the default through mount(8); `genfs mount` defaults to nosuid,nodev).
+    /// remount (root): new generic flags for a mounted store, `-o remount,ro`. Ignored, as
+    /// mount(8) and fstab use them: defaults, auto, noauto, user, nouser, users, owner, group,
+    /// nofail, _netdev, silent, loud, comment=…, x-…, uhelper=…, helper=…, fsname=…, subtype=….
     ///
     /// genfs: debug (log at debug level), log=PATH (daemon log file; default STORE/genfs.log),
     /// log=syslog (syslog, which journald collects), retention=POLICY (set the retention policy
