@@ -1,7 +1,7 @@
 //! What a local filesystem does beyond pjdfstest: fallocate limits, copy_file_range, mount
 //! options, atime, ACLs and file attributes (issue 13), each compared with what ext4 does.
 
-use crate::util::{sh, write_file, Mounted};
+use crate::util::{errno_of, sh, write_file, Mounted};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -252,10 +252,6 @@ fn posix_acls_are_refused_cleanly() {
     }
 }
 
-fn errno_of<T>(r: std::io::Result<T>) -> Option<i32> {
-    r.err().and_then(|e| e.raw_os_error())
-}
-
 /// chattr +i, +a and +d are kept and enforced as on ext4; lsattr shows them.
 #[test]
 fn immutable_append_only_and_nodump() {
@@ -269,7 +265,7 @@ fn immutable_append_only_and_nodump() {
 
     assert!(chattr("+i", &f));
     assert!(lsattr(&f).split_whitespace().next().unwrap().contains('i'), "{}", lsattr(&f));
-    let eperm = Some(libc::EPERM);
+    let eperm = libc::EPERM;
     assert_eq!(errno_of(OpenOptions::new().write(true).open(&f)), eperm, "open for writing");
     assert_eq!(errno_of(OpenOptions::new().append(true).open(&f)), eperm, "open for appending");
     assert_eq!(errno_of(std::fs::remove_file(&f)), eperm, "unlink");

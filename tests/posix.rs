@@ -1,14 +1,10 @@
 //! POSIX behaviour and bad input on a real mount.
 
-use crate::util::{genfs_bin, getfattr, Mounted};
+use crate::util::{errno_of, genfs_bin, getfattr, Mounted};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::process::Command;
-
-fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
-    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
-}
 
 #[test]
 fn generation_xattr_counts_changing_closes_only() {

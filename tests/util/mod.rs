@@ -250,6 +250,11 @@ pub fn abort_connection(mnt: &Path) {
     }
 }
 
+/// The errno of a failed call; 0 if it succeeded.
+pub fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
 /// Runs a shell command, returns (exit ok, stdout).
 pub fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
