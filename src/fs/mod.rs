@@ -8,6 +8,7 @@
 //! unlink or rename of a file with several nodes) go to a pool of their own: a commit worker can
 //! wait in `inval_entry` for a directory lock that such a request holds.
 
+mod acl;
 pub mod atime;
 mod attr;
 mod fileattr;
@@ -50,10 +51,6 @@ const NAMESPACE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 const CHECKPOINT_EVERY_SYNCS: u32 = 60;
 /// Virtual attributes: answered by genfs, never stored, never listed.
 const XATTR_PREFIX: &[u8] = crate::versions::PREFIX;
-/// POSIX ACLs are not supported (docs/conformance.md): setting one is EOPNOTSUPP, so that
-/// setfacl says so and the kernel never takes a stored ACL for one it enforces. Any a store
-/// holds from before is neither shown nor listed; removexattr still deletes it.
-const POSIX_ACL_PREFIX: &[u8] = b"system.posix_acl_";
 /// Retention is applied in the background this often.
 const GC_EVERY_SYNCS: u32 = 600;
 
@@ -378,8 +375,9 @@ impl Core {
         parent: INodeNo,
         name: &OsStr,
         node: NewNode,
+        umask: u32,
     ) -> StoreResult<(Ino, FileAttr)> {
-        let (ino, inode) = self.make_inode(req, parent, name, node)?;
+        let (ino, inode) = self.make_inode(req, parent, name, node, umask)?;
         Ok((ino, self.entry_attr(ino, inode, req.pid())?))
     }
 
@@ -390,6 +388,7 @@ impl Core {
         parent: INodeNo,
         name: &OsStr,
         mut node: NewNode,
+        umask: u32,
     ) -> StoreResult<(Ino, Inode)> {
         let parent = self.dir_ino(parent)?;
         Self::check_name(parent, name.as_bytes())?;
@@ -404,7 +403,9 @@ impl Core {
                 node.perm |= libc::S_ISGID as u16;
             }
         }
-        self.store.create(parent, name.as_bytes(), &node)
+        let (perm, acls) = self.acls_for_new(parent, node.kind, node.perm, (umask & 0o777) as u16)?;
+        node.perm = perm;
+        self.store.create_with_xattrs(parent, name.as_bytes(), &node, acls)
     }
 
     /// Commits the shared draft behind a writable handle. `force`: commit even if the
@@ -706,8 +707,15 @@ impl Core {
         if name.starts_with(XATTR_PREFIX) {
             return self.version_attr(nodeid, name, req);
         }
-        if name.starts_with(POSIX_ACL_PREFIX) || name == fileattr::FLAGS_XATTR {
+        if name == fileattr::FLAGS_XATTR {
             return Err(StoreError::NoAttribute);
+        }
+        if let Some(View::Generations { ino }) = self.views.get(nodeid) {
+            if name != acl::ACCESS {
+                return Err(StoreError::NoAttribute);
+            }
+            let file_acl = acl::Acl::parse(&self.store.xattr(ino, name)?)?;
+            return Ok(file_acl.readable_as_searchable().to_bytes());
         }
         self.store.xattr(self.ino_of(nodeid)?, name)
     }
@@ -835,6 +843,9 @@ impl Filesystem for GenFs {
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             // LOOKUP of "." and "..": file handles stay valid after the kernel drops an inode.
             InitFlags::FUSE_EXPORT_SUPPORT,
+            // The kernel checks POSIX ACLs and leaves the umask to genfs (acl.rs).
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 tracing::warn!("kernel lacks {missing:?}");
@@ -942,6 +953,11 @@ impl Filesystem for GenFs {
             if let Err(e) = c.store.set_attrs(ino, &change) {
                 return reply.error(errno(&e));
             }
+            if let Some(perm) = change.perm {
+                if let Err(e) = c.chmod_acl(ino, perm) {
+                    return reply.error(errno(&e));
+                }
+            }
             if let (Some(t), Some(file)) = (mtime, c.files.get(ino)) {
                 // A writer's explicit mtime (cp -p, tar) must survive its own commit.
                 file.slot.lock().draft.mtime = t;
@@ -987,7 +1003,7 @@ impl Filesystem for GenFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -995,10 +1011,10 @@ impl Filesystem for GenFs {
             return reply.error(Errno::EINVAL);
         };
         let node = NewNode { kind, perm: (mode & 0o7777) as u16, uid: 0, gid: 0, rdev, target: vec![] };
-        reply_entry(reply, self.core.make(req, parent, name, node).map(|(_, a)| a));
+        reply_entry(reply, self.core.make(req, parent, name, node, umask).map(|(_, a)| a));
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let node = NewNode {
             kind: Kind::Dir,
             perm: (mode & 0o7777) as u16,
@@ -1007,7 +1023,7 @@ impl Filesystem for GenFs {
             rdev: 0,
             target: vec![],
         };
-        reply_entry(reply, self.core.make(req, parent, name, node).map(|(_, a)| a));
+        reply_entry(reply, self.core.make(req, parent, name, node, umask).map(|(_, a)| a));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1039,7 +1055,7 @@ impl Filesystem for GenFs {
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let target = target.as_os_str().as_bytes().to_vec();
         let node = NewNode { kind: Kind::Symlink, perm: 0o777, uid: 0, gid: 0, rdev: 0, target };
-        reply_entry(reply, self.core.make(req, parent, link_name, node).map(|(_, a)| a));
+        reply_entry(reply, self.core.make(req, parent, link_name, node, 0).map(|(_, a)| a));
     }
 
     fn rename(
@@ -1391,7 +1407,7 @@ impl Filesystem for GenFs {
         if name.starts_with(XATTR_PREFIX) {
             return self.set_version_attr(req, ino.0, name, value, reply);
         }
-        if name.starts_with(POSIX_ACL_PREFIX) || name == fileattr::FLAGS_XATTR {
+        if name == fileattr::FLAGS_XATTR {
             return reply.error(Errno::EOPNOTSUPP);
         }
         let mode = match flags {
@@ -1401,11 +1417,23 @@ impl Filesystem for GenFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let c = &self.core;
+        let is_acl = name == acl::ACCESS || name == acl::DEFAULT;
         let set = c.writable_ino_of(ino.0).and_then(|i| {
             c.refuse_if(i, fileattr::IMMUTABLE | fileattr::APPEND)?;
-            c.store.set_xattr(i, name, value, mode)
+            if is_acl {
+                c.set_acl(i, name, value, mode, (req.uid(), req.gid(), req.pid()))?;
+            } else {
+                c.store.set_xattr(i, name, value, mode)?;
+            }
+            Ok(i)
         });
-        reply_empty(reply, set);
+        match set {
+            // The kernel forgets the ACL it cached for this node only; the file's other nodes
+            // forget theirs (and the mode an access ACL changed) through an invalidation.
+            Ok(file) if is_acl => self.after_invalidating(c.stale_nodes(file, Some(ino.0)), |_| reply.ok()),
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1416,9 +1444,7 @@ impl Filesystem for GenFs {
         let c = &self.core;
         let list = c.ino_of(ino.0).and_then(|i| c.store.xattr_names(i)).map(|names| {
             let mut out = Vec::new();
-            let hidden = |n: &[u8]| {
-                n.starts_with(XATTR_PREFIX) || n.starts_with(POSIX_ACL_PREFIX) || n == fileattr::FLAGS_XATTR
-            };
+            let hidden = |n: &[u8]| n.starts_with(XATTR_PREFIX) || n == fileattr::FLAGS_XATTR;
             for n in names.iter().filter(|n| !hidden(n)) {
                 out.extend_from_slice(n);
                 out.push(0);
@@ -1454,7 +1480,7 @@ impl Filesystem for GenFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -1467,7 +1493,7 @@ impl Filesystem for GenFs {
             rdev: 0,
             target: vec![],
         };
-        let (ino, inode) = match c.make_inode(req, parent, name, node) {
+        let (ino, inode) = match c.make_inode(req, parent, name, node, umask) {
             Ok(made) => made,
             Err(e) => return reply.error(errno(&e)),
         };

@@ -452,6 +452,17 @@ impl Store {
     }
 
     pub fn create(&self, parent: Ino, name: &[u8], node: &NewNode) -> StoreResult<(Ino, Inode)> {
+        self.create_with_xattrs(parent, name, node, Vec::new())
+    }
+
+    /// Creates a node with extended attributes (inherited ACLs) in the same journal record.
+    pub fn create_with_xattrs(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        node: &NewNode,
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> StoreResult<(Ino, Inode)> {
         validate_name(name)?;
         let ino = self.next_ino.fetch_add(1, Ordering::SeqCst);
         let _locks = self.lock_inodes(&[parent, ino]);
@@ -467,11 +478,13 @@ impl Store {
         if node.kind == Kind::Dir {
             dir.nlink += 1;
         }
-        self.mutate(vec![
+        let mut ops = vec![
             Op::PutInode { ino, inode: inode.clone() },
             Op::PutDirent { parent, name: name.to_vec(), ino, kind: node.kind, cookie },
             Op::PutInode { ino: parent, inode: dir },
-        ])?;
+        ];
+        ops.extend(xattrs.into_iter().map(|(name, value)| Op::PutXattr { ino, name, value }));
+        self.mutate(ops)?;
         Ok((ino, inode))
     }
 
