@@ -268,6 +268,18 @@ fn posix_acls_behave_as_on_ext4() {
     assert_eq!(as_nobody_cat(&old), (true, "old".to_string()), "the ACL's reader cannot read history");
     assert!(sh(&format!("setfacl -m u:nobody:- '{}'", p.display())).0);
     assert!(!as_nobody_cat(&p).0 && !as_nobody_cat(&old).0, "history readable after the ACL took it back");
+    // A directory whose ACL keeps nobody out keeps them out of its files' history by number.
+    let shut = m.path("shut");
+    std::fs::create_dir(&shut).unwrap();
+    let inside = shut.join("f");
+    write_file(&inside, b"old").unwrap();
+    write_file(&inside, b"new").unwrap();
+    let ino = std::fs::metadata(&inside).unwrap().ino();
+    let by_number = m.mnt.join(format!(".genfs/gen/{ino}/1"));
+    assert_eq!(as_nobody_cat(&by_number), (true, "old".to_string()));
+    assert!(sh(&format!("chmod 755 '{0}' && setfacl -m u:nobody:- '{0}'", shut.display())).0);
+    assert!(!as_nobody_cat(&inside).0, "the directory's ACL did not keep nobody out");
+    assert!(!as_nobody_cat(&by_number).0, "history by number bypassed the directory's ACL");
 }
 
 /// chattr +i, +a and +d are kept and enforced as on ext4; lsattr shows them.

@@ -93,6 +93,32 @@ impl Acl {
         }
     }
 
+    /// Whether this ACL grants `want` (rwx bits, 0..=7) to a caller, as the kernel's
+    /// posix_acl_permission decides: the owner entry, else a named user (under the mask), else
+    /// any matching group entry (under the mask), else other.
+    pub fn permits(&self, caller: u32, groups: &[u32], owner: (u32, u32), want: u16) -> bool {
+        let mask = self.perm_of(MASK).unwrap_or(7);
+        if caller == owner.0 {
+            return self.perm_of(USER_OBJ).unwrap_or(0) & want == want;
+        }
+        if let Some(e) = self.0.iter().find(|e| e.tag == USER && e.id == caller) {
+            return e.perm & mask & want == want;
+        }
+        let in_group = |e: &&Entry| match e.tag {
+            GROUP_OBJ => groups.contains(&owner.1),
+            GROUP => groups.contains(&e.id),
+            _ => false,
+        };
+        let mut matched = false;
+        for e in self.0.iter().filter(in_group) {
+            if e.perm & mask & want == want {
+                return true;
+            }
+            matched = true;
+        }
+        !matched && self.perm_of(OTHER).unwrap_or(0) & want == want
+    }
+
     /// The ACL of a file's generations directory (`.genfs/gen/INO`): searchable and listable
     /// by each entry that may read the file, nothing more (as its mode is).
     pub fn readable_as_searchable(&self) -> Acl {
@@ -248,6 +274,18 @@ mod tests {
             (Some(6), Some(6), Some(4))
         );
         assert_eq!(access.perm_of(USER), Some(7), "named entries stay; the mask limits them");
+        // Checks in the kernel's order: a named user's entry wins over other, under the mask.
+        let dir = acl(&[
+            (USER_OBJ, 7, ANY),
+            (USER, 0, 65534),
+            (GROUP_OBJ, 5, ANY),
+            (MASK, 5, ANY),
+            (OTHER, 5, ANY),
+        ]);
+        assert!(!dir.permits(65534, &[65534], (0, 0), 1), "named user without x");
+        assert!(dir.permits(1000, &[1000], (0, 0), 1), "other has x");
+        assert!(dir.permits(1000, &[0], (0, 0), 5), "the owning group");
+        assert!(!named.permits(65534, &[], (0, 0), 7), "the mask limits a named user");
         // Only the three base entries: no ACL, just the mode.
         let plain = acl(&[(USER_OBJ, 7, ANY), (GROUP_OBJ, 5, ANY), (OTHER, 0, ANY)]);
         assert_eq!(plain.for_new_file(0o777), (None, 0o750));

@@ -95,7 +95,19 @@ impl Core {
         if req.uid() == 0 {
             return Ok(true);
         }
-        let groups = super::handles::groups_of(req.pid());
+        let mut groups = super::handles::groups_of(req.pid());
+        groups.push(req.gid());
+        let may_search_by_acl = |ino: Ino| -> StoreResult<Option<bool>> {
+            match self.store.xattr(ino, super::acl::ACCESS) {
+                Ok(bytes) => {
+                    let dir = self.store.inode(ino)?;
+                    let acl = super::acl::Acl::parse(&bytes)?;
+                    Ok(Some(acl.permits(req.uid(), &groups, (dir.uid, dir.gid), 1)))
+                }
+                Err(StoreError::NoAttribute) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
         let may_search = |dir: &Inode| {
             let bits = if dir.uid == req.uid() {
                 0o100
@@ -113,7 +125,12 @@ impl Core {
         'names: for (parent, _) in names {
             let mut dir = parent;
             for _ in 0..DEPTH_MAX {
-                if !may_search(&self.store.inode(dir)?) {
+                // A directory's ACL decides as it does for the kernel's path walk.
+                let allowed = match may_search_by_acl(dir)? {
+                    Some(verdict) => verdict,
+                    None => may_search(&self.store.inode(dir)?),
+                };
+                if !allowed {
                     continue 'names;
                 }
                 if dir == ROOT_INO {
