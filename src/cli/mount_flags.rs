@@ -99,7 +99,7 @@ impl VfsFlags {
         out
     }
 
-    /// Whether the new mount needs [`set_mount_flags`] to get what fuser cannot say.
+    /// Whether the new mount needs a [`remount`] to get what fuser cannot say.
     pub fn beyond_fuser(&self) -> bool {
         self.atime == AtimeMode::Strict || self.no_dir_atime || self.lazytime
     }

@@ -179,10 +179,7 @@ impl Core {
             perm &= !(libc::S_ISGID as u16);
         }
         if acl.is_mode_only() {
-            match self.store.remove_xattr(ino, name) {
-                Ok(()) | Err(StoreError::NoAttribute) => {}
-                Err(e) => return Err(e),
-            }
+            self.store.discard_xattr(ino, name)?;
         } else {
             self.store.set_xattr(ino, name, value, mode)?;
         }
@@ -194,7 +191,11 @@ impl Core {
 
     /// A chmod of a file with an access ACL: its owner, mask and other entries follow.
     pub(super) fn chmod_acl(&self, ino: Ino, perm: u16) -> StoreResult<()> {
-        let Ok(bytes) = self.store.xattr(ino, ACCESS) else { return Ok(()) };
+        let bytes = match self.store.xattr(ino, ACCESS) {
+            Ok(bytes) => bytes,
+            Err(StoreError::NoAttribute) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let mut acl = Acl::parse(&bytes)?;
         acl.chmod(perm);
         self.store.set_xattr(ino, ACCESS, &acl.to_bytes(), XattrMode::Any)

@@ -73,10 +73,7 @@ impl Core {
             return Err(StoreError::NotSupported);
         }
         if flags == 0 {
-            match self.store.remove_xattr(ino, FLAGS_XATTR) {
-                Ok(()) | Err(StoreError::NoAttribute) => {}
-                Err(e) => return Err(e),
-            }
+            self.store.discard_xattr(ino, FLAGS_XATTR)?;
         } else {
             self.store.set_xattr(ino, FLAGS_XATTR, &flags.to_ne_bytes(), XattrMode::Any)?;
         }

@@ -302,15 +302,17 @@ impl Core {
         Ok(nodeid.0)
     }
 
-    /// EPERM if the entry `name` of `parent` may not go (unlink, rmdir, rename): the file or
-    /// the directory is immutable or append-only.
-    fn check_removable(&self, parent: Ino, name: &[u8]) -> StoreResult<()> {
+    /// EPERM if an entry of `parent` naming `victim` (if it exists) may not go (unlink, rmdir,
+    /// rename): the file or the directory is immutable or append-only.
+    fn check_removable(&self, parent: Ino, victim: Option<Ino>) -> StoreResult<()> {
         const PROTECTED: u32 = fileattr::IMMUTABLE | fileattr::APPEND;
         self.refuse_if(parent, PROTECTED)?;
-        match self.store.lookup(parent, name) {
-            Ok((ino, _)) => self.refuse_if(ino, PROTECTED),
-            Err(_) => Ok(()),
-        }
+        victim.map_or(Ok(()), |ino| self.refuse_if(ino, PROTECTED))
+    }
+
+    /// The inode `name` in `parent` names, if any.
+    fn entry_ino(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        self.store.lookup(parent, name).ok().map(|(ino, _)| ino)
     }
 
     /// The hidden `.genfs` name at the root cannot be created, removed or renamed over.
@@ -547,7 +549,7 @@ impl Core {
         let mut copied = 0;
         while copied < len {
             let want = (len - copied).min(CHUNK);
-            let data = self.read_handle(from.0, from.1 + copied, want as u32)?;
+            let data = self.read_handle(&source, from.1 + copied, want as u32)?;
             if data.is_empty() {
                 break;
             }
@@ -559,8 +561,7 @@ impl Core {
         Ok(copied as u32)
     }
 
-    fn read_handle(&self, fh: u64, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
-        let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
+    fn read_handle(&self, handle: &Handle, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
         match &handle.kind {
             HandleKind::Reader(m) => self.store.read(m, offset, size),
             HandleKind::Writer(w) => w.file.slot.lock().draft.read(offset, size, self.store.chunks()),
@@ -1031,7 +1032,7 @@ impl Filesystem for GenFs {
         let name = name.as_bytes();
         let result = c.dir_ino(parent).and_then(|p| {
             Core::check_name(p, name)?;
-            c.check_removable(p, name)?;
+            c.check_removable(p, c.entry_ino(p, name))?;
             c.store.unlink(p, name)
         });
         match result {
@@ -1046,7 +1047,7 @@ impl Filesystem for GenFs {
         let name = name.as_bytes();
         let result = c.dir_ino(parent).and_then(|p| {
             Core::check_name(p, name)?;
-            c.check_removable(p, name)?;
+            c.check_removable(p, c.entry_ino(p, name))?;
             c.store.rmdir(p, name)
         });
         reply_empty(reply, result.map(|_| ()));
@@ -1085,16 +1086,14 @@ impl Filesystem for GenFs {
             Core::check_name(p2, newname)?;
             // The files whose ctime (and for the one replaced, link count) the rename changes.
             let moved = c.store.lookup(p1, name).map(|(ino, _)| ino)?;
-            let exchanged = match mode {
-                RenameMode::Exchange => c.store.lookup(p2, newname).ok().map(|(ino, _)| ino),
-                _ => None,
-            };
+            let target = c.entry_ino(p2, newname);
+            let exchanged = target.filter(|_| mode == RenameMode::Exchange);
             // As for an unlink of the old name and a link of the new one (and, for one
             // replaced, its unlink).
-            c.check_removable(p1, name)?;
+            c.check_removable(p1, Some(moved))?;
             c.refuse_if(p2, fileattr::IMMUTABLE)?;
-            if c.store.lookup(p2, newname).is_ok() {
-                c.check_removable(p2, newname)?;
+            if target.is_some() {
+                c.check_removable(p2, target)?;
             }
             let replaced = c.store.rename(p1, name, p2, newname, mode)?;
             Ok([Some(moved), exchanged.or(replaced)])
@@ -1164,10 +1163,13 @@ impl Filesystem for GenFs {
         reply: ReplyData,
     ) {
         let c = &self.core;
-        match c.read_handle(fh.0, offset, size) {
+        let Some(handle) = c.handles.get(fh.0) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match c.read_handle(&handle, offset, size) {
             Ok(data) => {
                 // Before the reply: a stat right after the read must see the new atime.
-                if let Some(handle) = c.handles.get(fh.0).filter(|h| c.views.get(h.nodeid).is_none()) {
+                if c.views.get(handle.nodeid).is_none() {
                     c.touch_atime(handle.ino, false);
                 }
                 reply.data(&data);
@@ -1328,7 +1330,8 @@ impl Filesystem for GenFs {
             return reply.ok();
         }
         if offset == 0 {
-            c.touch_atime(c.ino_of(dir).unwrap_or(dir), true);
+            // Real directories' node ids are their inode numbers (views returned above).
+            c.touch_atime(dir, true);
         }
         if offset < 1 && reply.add(INodeNo(dir), 1, fuser::FileType::Directory, ".") {
             return reply.ok();

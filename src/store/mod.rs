@@ -766,6 +766,14 @@ impl Store {
         Ok(())
     }
 
+    /// Removes an extended attribute if the inode has it.
+    pub fn discard_xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<()> {
+        match self.remove_xattr(ino, name) {
+            Ok(()) | Err(StoreError::NoAttribute) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn remove_xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<()> {
         let _locks = self.lock_inodes(&[ino]);
         let mut inode = self.inode(ino)?;
