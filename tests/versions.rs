@@ -1,7 +1,7 @@
 //! The version interface on a real mount: log, READ_PATH views, restore, snapshots, time
 //! travel, storage sharing, retention, and history across save-by-rename.
 
-use crate::util::{du, getfattr, seed, sh, write_file, Mounted, Rng};
+use crate::util::{du, getfattr, seed, sh, stat_value, write_file, Mounted, Rng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -43,12 +43,6 @@ fn log_page_lines(path: &Path) -> Vec<Vec<(u64, String)>> {
 
 fn seq(m: &Mounted) -> u64 {
     getfattr(&m.mnt, "user.genfs.seq").unwrap().parse().unwrap()
-}
-
-fn stat_value(m: &Mounted, key: &str) -> u64 {
-    let text = getfattr(&m.mnt, "user.genfs.stats").unwrap();
-    let line = text.lines().find(|l| l.starts_with(&format!("{key}\t"))).unwrap();
-    line.split('\t').nth(1).unwrap().parse().unwrap()
 }
 
 #[test]
@@ -354,8 +348,8 @@ fn versions_share_unchanged_chunks() {
     assert!(grown <= 2 * chunk + (64 << 10), "{grown}");
     eprintln!(
         "stats: logical {} B, stored {} B",
-        stat_value(&m, "logical_bytes"),
-        stat_value(&m, "stored_bytes")
+        stat_value(&m.mnt, "logical_bytes"),
+        stat_value(&m.mnt, "stored_bytes")
     );
 }
 

@@ -386,10 +386,29 @@ fn snapshots_gc_and_stats() {
     assert_eq!(err, format!("genfs: {mnt}: no snapshot named first"));
 
     let stats = ok_text(["stats", "-C", &mnt]);
-    for key in ["files", "generations", "logical bytes", "stored bytes", "chunks", "snapshots", "dedup ratio"]
-    {
+    let keys = [
+        "files",
+        "generations",
+        "logical bytes",
+        "stored bytes",
+        "live bytes",
+        "history bytes",
+        "gc would free bytes",
+        "chunks",
+        "snapshots",
+        "fs free bytes",
+        "free floor bytes",
+        "dedup ratio",
+    ];
+    for key in keys {
         assert!(stats.contains(key), "{key}: {stats}");
     }
+    // The floor: set, shown, refused when nonsense, back to the default.
+    assert_eq!(ok_text(["gc", "--free-floor", "2048M", "-C", &mnt]), "free-space floor: 2G\n");
+    assert!(ok_text(["stats", "--json", "-C", &mnt]).contains("\"free_floor\":\"2G\""));
+    let err = fails(["gc", "--free-floor", "lots", "-C", &mnt]);
+    assert!(err.contains("`lots` is not a floor"), "{err}");
+    assert_eq!(ok_text(["gc", "--free-floor", "", "-C", &mnt]), "free-space floor: 10%\n");
     let json = ok_text(["stats", "--json", "-C", &mnt]);
     assert!(
         json.starts_with('{') && json.contains("\"generations\":") && json.contains("\"dedup_ratio\":"),
@@ -401,4 +420,5 @@ fn snapshots_gc_and_stats() {
     assert!(out.contains("would drop"), "{out}");
     let out = ok_text(["gc", "-C", &mnt]);
     assert!(out.contains("dropped") && out.contains("freed"), "{out}");
+    assert_eq!(ok_text(["gc", "--report", "-C", &mnt]), out, "the report of the last run");
 }

@@ -12,6 +12,7 @@ const SNAPSHOT_CREATE: &str = "user.genfs.snapshot.create";
 const SNAPSHOT_DELETE: &str = "user.genfs.snapshot.delete";
 const GC: &str = "user.genfs.gc";
 const STATS: &str = "user.genfs.stats";
+const FREE_FLOOR: &str = "user.genfs.free-floor";
 
 /// Which mount a command is about.
 #[derive(Args, Debug)]
@@ -203,6 +204,10 @@ struct GcReport {
     freed_bytes: Option<u64>,
     /// Dropped generations of files the caller may not see (not listed).
     hidden: u64,
+    /// Generations dropped for space since the mount: (time, path, generation, size).
+    space: Vec<(String, String, u64, u64)>,
+    /// Older space drops, only counted.
+    space_older: u64,
 }
 
 fn parse_gc_report(text: &str) -> Result<GcReport, String> {
@@ -210,12 +215,21 @@ fn parse_gc_report(text: &str) -> Result<GcReport, String> {
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
         let bad = || format!("line {}: `{line}`", i + 1);
         let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
+        if let Some(rest) = line.strip_prefix("space\t") {
+            // TIME, then the path (which may hold a tab), then the two numbers.
+            let (time, rest) = rest.split_once('\t').ok_or_else(bad)?;
+            let fields: Vec<&str> = rest.rsplitn(3, '\t').collect();
+            let [size, gen, path] = fields[..] else { return Err(bad()) };
+            r.space.push((time.to_string(), path.to_string(), num(gen)?, num(size)?));
+            continue;
+        }
         // The path may itself hold a tab: the last two fields are the numbers.
         let fields: Vec<&str> = line.rsplitn(3, '\t').collect();
         match fields[..] {
             [n, "freed_chunks"] => r.freed_chunks = Some(num(n)?),
             [n, "freed_bytes"] => r.freed_bytes = Some(num(n)?),
             [n, "hidden"] => r.hidden = num(n)?,
+            [n, "space_older"] => r.space_older = num(n)?,
             [size, gen, path] => r.dropped.push((path.to_string(), num(gen)?, num(size)?)),
             _ => return Err(bad()),
         }
@@ -243,16 +257,64 @@ fn gc_text(r: &GcReport, dry_run: bool) -> String {
         (None, Some(b)) => out += &format!("; {freed} {} ({b} bytes)\n", human(b)),
         (None, None) => out += "\n",
     }
+    if !r.space.is_empty() || r.space_older > 0 {
+        let total: u64 = r.space.iter().map(|d| d.3).sum();
+        out += &format!(
+            "dropped for space since the mount: {} generations ({} of file data)",
+            r.space.len() as u64 + r.space_older,
+            human(total)
+        );
+        if r.space_older > 0 {
+            out += &format!(", {} older ones only in the daemon's log", r.space_older);
+        }
+        out += "\n";
+        for (time, path, gen, size) in &r.space {
+            out += &format!("  {time} {path} generation {gen} ({})\n", human(*size));
+        }
+    }
     out
 }
 
-pub fn gc(dry_run: bool, at: &MountArg) -> anyhow::Result<()> {
+/// What `genfs gc` is asked to do.
+pub enum GcAction {
+    Run {
+        dry_run: bool,
+    },
+    /// Show the last report and the drops for space, running nothing.
+    Report,
+    /// Set the free-space floor (empty: back to the default).
+    SetFreeFloor(String),
+}
+
+pub fn gc(action: GcAction, at: &MountArg) -> anyhow::Result<()> {
     let m = at.locate()?;
-    let spinner = super::progress::Progress::start("applying the retention policy");
-    m.set_root_attr(GC, if dry_run { "dry-run" } else { "run" }, "run gc", |_| None)?;
-    drop(spinner);
-    let report = parse_gc_report(&m.root_attr(GC)?)
-        .map_err(|e| anyhow!("{}: malformed {GC}: {e}", m.root.display()))?;
+    let dry_run = match action {
+        GcAction::SetFreeFloor(floor) => {
+            m.set_root_attr(FREE_FLOOR, floor.trim(), "set the free-space floor", |errno| match errno {
+                libc::EINVAL => {
+                    Some(format!("`{floor}` is not a floor (say 10%, 500M or 2G; empty: the default)"))
+                }
+                libc::EPERM | libc::EACCES => {
+                    Some("only the owner of the mount root (or root) may set the free-space floor".into())
+                }
+                _ => None,
+            })?;
+            let now = m.root_attr(FREE_FLOOR)?;
+            return emit(format!("free-space floor: {}\n", now.trim()).as_bytes());
+        }
+        GcAction::Report => false,
+        GcAction::Run { dry_run } => {
+            let spinner = super::progress::Progress::start("applying the retention policy");
+            m.set_root_attr(GC, if dry_run { "dry-run" } else { "run" }, "run gc", |_| None)?;
+            drop(spinner);
+            dry_run
+        }
+    };
+    let text = m.root_attr(GC)?;
+    if text.is_empty() {
+        return emit(b"no gc has run since the mount, and nothing was dropped for space\n");
+    }
+    let report = parse_gc_report(&text).map_err(|e| anyhow!("{}: malformed {GC}: {e}", m.root.display()))?;
     emit(gc_text(&report, dry_run).as_bytes())
 }
 
@@ -359,6 +421,14 @@ mod tests {
             parse_gc_report("tab\tin name\t2\t9\n").unwrap().dropped,
             vec![("tab\tin name".into(), 2, 9)]
         );
+        let space = "freed_chunks\t0\nfreed_bytes\t0\nspace_older\t3\n\
+                     space\t2026-12-04T02:00:00Z\tlog\tfile\t7\t2048\n";
+        let r = parse_gc_report(space).unwrap();
+        assert_eq!(r.space, vec![("2026-12-04T02:00:00Z".into(), "log\tfile".into(), 7, 2048)]);
+        assert!(gc_text(&r, false).ends_with(
+            "dropped for space since the mount: 4 generations (2.0 KiB of file data), 3 older ones \
+             only in the daemon's log\n  2026-12-04T02:00:00Z log\tfile generation 7 (2.0 KiB)\n"
+        ));
     }
 
     #[test]

@@ -63,12 +63,15 @@ pub enum VersionCommand {
     /// chunks; prints what was dropped.
     ///
     /// Current generations, generations open in some descriptor and generations in a snapshot
-    /// are never dropped. --dry-run only reports what would go.
+    /// are never dropped. --dry-run only reports what would go; --report shows the last run and
+    /// what was dropped for space. Below the free-space floor (--free-floor) genfs drops the
+    /// oldest unprotected history by itself, before any write is refused.
     ///
     /// Example: genfs gc --dry-run
     Gc(GcArgs),
-    /// Store statistics: files, generations, logical and stored bytes, chunks, snapshots, and the
-    /// dedup ratio (logical / stored bytes).
+    /// Store statistics: files, generations, logical, stored, live and history bytes, what a gc
+    /// would free, chunks, snapshots, the store filesystem's size and free space, the free-space
+    /// floor, and the dedup ratio (logical / stored bytes).
     ///
     /// Example: genfs stats -C /tmp/genfs --json
     Stats(StatsArgs),
@@ -114,8 +117,15 @@ pub struct RestoreArgs {
 #[derive(Args, Debug)]
 pub struct GcArgs {
     /// Report what would be dropped, drop nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["report", "free_floor"])]
     dry_run: bool,
+    /// Show the last gc's report and what was dropped for space since the mount; run nothing.
+    #[arg(long, conflicts_with = "free_floor")]
+    report: bool,
+    /// Set the free space history yields to: below it, the oldest history no rule protects is
+    /// dropped (10% by default; e.g. 10%, 500M, 2G; an empty value restores the default).
+    #[arg(long, value_name = "FLOOR")]
+    free_floor: Option<String>,
     #[command(flatten)]
     at: MountArg,
 }
@@ -137,7 +147,14 @@ pub fn run(cmd: VersionCommand) -> anyhow::Result<ExitCode> {
         VersionCommand::Restore(a) if a.tree => tree::restore_tree(&a.target),
         VersionCommand::Restore(a) => restore(&a.target),
         VersionCommand::Snapshot(c) => admin::snapshot(c),
-        VersionCommand::Gc(a) => admin::gc(a.dry_run, &a.at),
+        VersionCommand::Gc(a) => {
+            let action = match (a.free_floor, a.report) {
+                (Some(floor), _) => admin::GcAction::SetFreeFloor(floor),
+                (None, true) => admin::GcAction::Report,
+                (None, false) => admin::GcAction::Run { dry_run: a.dry_run },
+            };
+            admin::gc(action, &a.at)
+        }
         VersionCommand::Stats(a) => admin::stats(a.json, &a.at),
     };
     match result {

@@ -16,6 +16,7 @@ mod handles;
 mod listings;
 mod locks;
 pub mod nodes;
+mod space;
 mod version_xattrs;
 mod view_ops;
 
@@ -80,6 +81,7 @@ pub struct Core {
     /// Held shared by an open of a view while it checks its generation is still kept, and
     /// exclusively by gc: an open either pins the generation or sees it gone.
     gc_fence: parking_lot::RwLock<()>,
+    thinning: space::Thinning,
 }
 
 pub struct GenFs {
@@ -132,6 +134,7 @@ impl GenFs {
             late_invalidated: Default::default(),
             last_gc: parking_lot::Mutex::new(None),
             gc_fence: parking_lot::RwLock::new(()),
+            thinning: Default::default(),
         });
         let mut threads = Vec::new();
         let jobs = spawn_workers(&core, "genfs-commit", COMMIT_WORKERS, &mut threads);
@@ -500,6 +503,8 @@ impl Core {
         let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
         let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
         self.store.check_writable()?;
+        // Before the draft's lock: thinning for space reads every draft's base generation.
+        self.ensure_space(data.len() as u64)?;
         let mut slot = w.file.slot.lock();
         if slot.epoch != w.epoch || slot.draft.failed {
             return Err(StoreError::io("write", std::io::Error::from_raw_os_error(libc::EIO)));
@@ -508,7 +513,6 @@ impl Core {
             return Err(StoreError::NotPermitted);
         }
         let offset = if w.append { slot.draft.size } else { offset };
-        self.store.ensure_space(data.len() as u64)?;
         slot.draft.write(offset, data, self.store.chunks())?;
         w.changers.lock().record(by);
         w.only_truncated.store(false, Ordering::SeqCst);
@@ -770,6 +774,7 @@ fn sync_loop(core: &Core) {
             }
             return_free_memory();
         }
+        core.keep_free_floor();
         if ticks % GC_EVERY_SYNCS == 0 {
             if let Err(e) = core.run_gc(false) {
                 tracing::error!("background gc failed: {e}");
@@ -1672,11 +1677,13 @@ impl Filesystem for GenFs {
             if w.file.immutable.load(Ordering::SeqCst) {
                 return Err(StoreError::NotPermitted);
             }
+            // The space is not reserved (a new generation's blocks are written at close), but
+            // a request for more than the store has left is refused now, as ext4 does; outside
+            // the draft's lock, which thinning for space takes.
+            let grow = end.saturating_sub(w.file.slot.lock().draft.size);
+            c.ensure_space(grow)?;
             let mut slot = w.file.slot.lock();
             if end > slot.draft.size {
-                // The space is not reserved (a new generation's blocks are written at close),
-                // but a request for more than the store has left is refused now, as ext4 does.
-                c.store.ensure_space(end - slot.draft.size)?;
                 slot.draft.truncate(end, c.store.chunks())?;
                 w.changers.lock().record(ChangedBy::Thread(req.pid()));
                 w.only_truncated.store(false, Ordering::SeqCst);

@@ -2,11 +2,10 @@
 //! changes that commit (restore) or take long (gc, snapshots) run on a worker.
 
 use super::{Core, GenFs};
-use crate::store::records::{Ino, Kind, ROOT_INO};
+use crate::store::records::{Kind, ROOT_INO};
 use crate::store::{StoreError, StoreResult};
 use crate::versions::{self as v, views::View};
 use fuser::{Errno, ReplyEmpty, Request};
-use std::collections::HashSet;
 
 impl Core {
     /// A `user.genfs.*` attribute of a node.
@@ -30,7 +29,8 @@ impl Core {
             v::SNAPSHOTS if root => Ok(v::snapshots_text(&self.store.snapshots()?)),
             v::SEQ if root => Ok(self.store.last_seq().to_string().into_bytes()),
             v::DURABLE_SEQ if root => Ok(self.store.durable_seq().to_string().into_bytes()),
-            v::STATS if root => Ok(v::stats_text(&self.store.stats()?)),
+            v::STATS if root => self.stats_text(),
+            v::FREE_FLOOR if root => Ok(self.store.free_floor()?.to_string().into_bytes()),
             v::GC if root => self.gc_report_for(req),
             n if file && n.starts_with(v::LOG_BEFORE) => {
                 let before = std::str::from_utf8(&n[v::LOG_BEFORE.len()..])
@@ -46,29 +46,52 @@ impl Core {
     /// Runs gc, keeping every generation a node, view or draft still uses.
     pub(super) fn run_gc(&self, dry_run: bool) -> StoreResult<()> {
         let _fence = self.gc_fence.write();
-        let mut pinned: HashSet<(Ino, u64)> = self.nodes.pinned().into_iter().collect();
-        pinned.extend(self.views.pinned());
-        pinned.extend(self.files.pinned());
+        let pinned = self.pinned_generations();
         let report = self.store.gc(&pinned, dry_run);
         super::return_free_memory();
         *self.last_gc.lock() = Some(report?);
         Ok(())
     }
 
-    /// The last gc report as `req`'s caller may see it: generations of files it may not reach
-    /// (by the rule of `.genfs/gen`) are only counted; their names stay private.
+    /// `user.genfs.stats`: the store's counts, its space, and what a gc now would free.
+    fn stats_text(&self) -> StoreResult<Vec<u8>> {
+        let stats = self.store.stats()?;
+        let space = self.store.space_status()?;
+        let would_free = {
+            let _fence = self.gc_fence.write();
+            self.store.gc(&self.pinned_generations(), true)?.freed_bytes
+        };
+        super::return_free_memory();
+        Ok(v::stats_text(&stats, &space, would_free))
+    }
+
+    /// The last gc report and the drops for space as `req`'s caller may see them: generations
+    /// of files it may not reach (by the rule of `.genfs/gen`) are only counted; their names
+    /// stay private.
     fn gc_report_for(&self, req: &Request) -> StoreResult<Vec<u8>> {
-        let Some(mut report) = self.last_gc.lock().clone() else { return Ok(Vec::new()) };
-        let before = report.dropped.len();
-        let mut visible = Vec::with_capacity(before);
+        let space = self.space_drops();
+        let last = self.last_gc.lock().clone();
+        if last.is_none() && space.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut report = last.unwrap_or_default();
+        let before = report.dropped.len() + space.len();
+        let mut visible = Vec::with_capacity(report.dropped.len());
         for entry in report.dropped {
             if self.may_reach(entry.0, req)? {
                 visible.push(entry);
             }
         }
         report.dropped = visible;
-        let hidden = before - report.dropped.len();
-        Ok(v::gc_text(&report, hidden, |ino| self.store.path_of(ino)))
+        let mut space_lines = Vec::with_capacity(space.len());
+        for d in space {
+            if self.may_reach(d.ino, req)? {
+                let path = self.store.path_of(d.ino);
+                space_lines.push(v::SpaceDropLine { time: d.at.secs, path, gen: d.gen, size: d.size });
+            }
+        }
+        let hidden = before - report.dropped.len() - space_lines.len();
+        Ok(v::gc_text(&report, hidden, &space_lines, |ino| self.store.path_of(ino)))
     }
 }
 
@@ -133,6 +156,11 @@ impl GenFs {
                 v::SNAPSHOT_DELETE => {
                     root_only()?;
                     Ok(Some(Box::new(move |c: &Core| c.store.snapshot_delete(text.as_bytes()))))
+                }
+                v::FREE_FLOOR => {
+                    root_only()?;
+                    c.store.set_free_floor((!text.is_empty()).then_some(text.as_str()))?;
+                    Ok(None)
                 }
                 v::GC => {
                     root_only()?;

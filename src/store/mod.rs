@@ -27,6 +27,7 @@ pub mod index;
 pub mod io;
 pub mod journal;
 pub mod records;
+mod space;
 mod versions;
 
 use chunks::ChunkStore;
@@ -38,6 +39,7 @@ use io::StoreIo;
 use journal::Journal;
 use parking_lot::{Mutex, MutexGuard};
 use records::{Ino, Inode, Kind, Manifest, Op, Record, Timestamp, ROOT_INO};
+pub use space::{FreeFloor, SpaceStatus};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -815,39 +817,6 @@ impl Store {
     pub fn new_draft(&self, ino: Ino) -> StoreResult<Draft> {
         let (gen, manifest) = self.current_generation(ino)?;
         Ok(Draft::new(ino, gen, &manifest, self.root.join("staging")))
-    }
-
-    /// statvfs of the filesystem that holds the store.
-    pub fn statfs(&self) -> StoreResult<libc::statvfs> {
-        let path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
-            .map_err(|_| StoreError::InvalidArgument)?;
-        // SAFETY: statvfs is plain data; all zeroes is a valid value of it.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
-        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-        if rc != 0 {
-            return Err(StoreError::io("statvfs", std::io::Error::last_os_error()));
-        }
-        Ok(st)
-    }
-
-    /// Refuses new data (ENOSPC) once the store's filesystem is down to its reserve, so that
-    /// journal records and index updates, which cannot be refused without turning the store
-    /// read-only (G5), still fit. The reserve is 5 % of the filesystem, 4 MiB to 256 MiB.
-    pub fn ensure_space(&self, bytes: u64) -> StoreResult<()> {
-        let mut cached = self.free_space.lock();
-        let (measured, free) = *cached;
-        if measured.elapsed() > std::time::Duration::from_millis(100) || free < bytes + (64 << 20) {
-            let st = self.statfs()?;
-            let total = st.f_blocks * st.f_frsize;
-            let reserve = (total / 20).clamp(4 << 20, 256 << 20);
-            *cached = (std::time::Instant::now(), (st.f_bavail * st.f_frsize).saturating_sub(reserve));
-        }
-        if cached.1 < bytes {
-            return Err(StoreError::io("store full", std::io::Error::from_raw_os_error(libc::ENOSPC)));
-        }
-        cached.1 -= bytes;
-        Ok(())
     }
 
     pub fn inode_count(&self) -> u64 {

@@ -1602,3 +1602,38 @@ fn the_log_read_by_range_matches_the_whole_log() {
     }
     assert_eq!(store.log_newest_first(tmp, Some(6)).unwrap().next().unwrap().unwrap().owner, old);
 }
+
+/// Issue 14: thinning for space drops the oldest unprotected history first, only as much as
+/// asked, and never a current, pinned or snapshotted generation, whatever the policy keeps.
+#[test]
+fn thinning_for_space_drops_oldest_unprotected_history_only() {
+    let (_tmp, _path, store) = new_store(CS);
+    let f = create_file(&store, ROOT_INO, "f");
+    for i in 1..=6u64 {
+        write_and_commit(&store, f, 0, &pattern(i, CS as usize));
+        if i == 2 {
+            store.snapshot_create(b"s").unwrap();
+        }
+    }
+    let pinned = HashSet::from([(f, 3)]);
+    // One chunk's worth: exactly the oldest droppable generation goes (1: not in the snapshot).
+    let report = store.thin_for_space(&pinned, 1).unwrap();
+    assert_eq!(report.dropped.iter().map(|d| d.1).collect::<Vec<_>>(), [1]);
+    assert_eq!(report.freed_bytes, CS);
+    let log = |s: &Store| s.log(f).unwrap().iter().map(|e| e.gen).collect::<Vec<_>>();
+    assert_eq!(log(&store), [2, 3, 4, 5, 6]);
+    // Everything: 2 is the snapshot's, 3 is pinned, 6 is current.
+    store.thin_for_space(&pinned, u64::MAX).unwrap();
+    assert_eq!(log(&store), [2, 3, 6]);
+    assert_eq!(generation_content(&store, f, 3), pattern(3, CS as usize));
+    // keep-min-within protects the young.
+    let young = create_file(&store, ROOT_INO, "young");
+    store.set_retention(young, Some("keep-last=0,keep-min-within=1h"), 0).unwrap();
+    write_and_commit(&store, young, 0, b"a");
+    write_and_commit(&store, young, 0, b"b");
+    assert!(store.thin_for_space(&HashSet::new(), u64::MAX).unwrap().dropped.iter().all(|d| d.0 != young));
+    assert_eq!(store.log(young).unwrap().len(), 2);
+    assert_consistent(&store);
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
+}

@@ -35,6 +35,10 @@ pub struct Stats {
     pub generations: u64,
     pub logical_bytes: u64,
     pub stored_bytes: u64,
+    /// Stored bytes the current generations of named files use.
+    pub live_bytes: u64,
+    /// Stored bytes only history uses (what thinning could free, at most).
+    pub history_bytes: u64,
     pub chunks: u64,
     pub snapshots: u64,
 }
@@ -51,6 +55,9 @@ pub enum MaxSize {
 pub struct Retention {
     pub keep_last: Option<u64>,
     pub keep_within_secs: Option<u64>,
+    /// Generations this young are kept even when the disk runs short of space (and by
+    /// max-size); nothing else in the policy holds against a full disk.
+    pub keep_min_within_secs: Option<u64>,
     pub keep_hourly: Option<u64>,
     pub keep_daily: Option<u64>,
     pub keep_weekly: Option<u64>,
@@ -97,7 +104,7 @@ fn parse_duration(v: &str) -> Option<u64> {
     n.checked_mul(mult).filter(|&s| s <= KEEP_SECS_MAX)
 }
 
-fn parse_bytes(v: &str) -> Option<u64> {
+pub(super) fn parse_bytes(v: &str) -> Option<u64> {
     let (num, mult) = match v.char_indices().last()? {
         (i, 'K' | 'k') => (&v[..i], 1u64 << 10),
         (i, 'M' | 'm') => (&v[..i], 1 << 20),
@@ -135,10 +142,14 @@ impl FromStr for Retention {
                 "keep-daily" => r.keep_daily = Some(count()?),
                 "keep-weekly" => r.keep_weekly = Some(count()?),
                 "keep-monthly" => r.keep_monthly = Some(count()?),
-                "keep-within" => {
-                    r.keep_within_secs = Some(parse_duration(v).ok_or_else(|| {
+                "keep-within" | "keep-min-within" => {
+                    let secs = Some(parse_duration(v).ok_or_else(|| {
                         format!("`{item}`: durations look like 90s, 30m, 24h, 7d, 2w (at most 10000 years)")
-                    })?)
+                    })?);
+                    match k {
+                        "keep-within" => r.keep_within_secs = secs,
+                        _ => r.keep_min_within_secs = secs,
+                    }
                 }
                 "max-size" => {
                     r.max_size = Some(match v.strip_suffix('%') {
@@ -179,6 +190,9 @@ impl fmt::Display for Retention {
         if let Some(s) = self.keep_within_secs {
             parts.push(format!("keep-within={s}s"));
         }
+        if let Some(s) = self.keep_min_within_secs {
+            parts.push(format!("keep-min-within={s}s"));
+        }
         match self.max_size {
             Some(MaxSize::Bytes(b)) => parts.push(format!("max-size={b}")),
             Some(MaxSize::Percent(p)) => parts.push(format!("max-size={p}%")),
@@ -211,7 +225,7 @@ fn keep_set(policy: &Retention, times: &[Timestamp], now: Timestamp, named: bool
     if let (Some(n), true) = (policy.keep_last, named) {
         keep.extend(0..(n as usize).min(times.len()));
     }
-    if let Some(w) = policy.keep_within_secs {
+    for w in [policy.keep_within_secs, policy.keep_min_within_secs].into_iter().flatten() {
         let cutoff = now.secs - w as i64;
         keep.extend(times.iter().enumerate().filter(|(_, t)| t.secs >= cutoff).map(|(i, _)| i));
     }
@@ -489,18 +503,7 @@ impl Store {
             if dry_run {
                 continue;
             }
-            if !drops.is_empty() {
-                let mut ops = Vec::new();
-                for e in &drops {
-                    ops.push(Op::DelGeneration { ino: e.owner, gen: e.gen });
-                    // Time travel must still tell "empty then" from "dropped since".
-                    if e.gen == self.first_own_gen(&self.inode(e.owner)?)? {
-                        let value = e.manifest.seq.to_le_bytes().to_vec();
-                        ops.push(Op::PutXattr { ino: e.owner, name: FIRST_SEQ_XATTR.to_vec(), value });
-                    }
-                }
-                self.mutate(ops)?;
-            }
+            self.drop_generations(&drops)?;
             if inode.nlink == 0 || inode.history.is_some() {
                 self.prune_history_chain(*ino, &in_use)?;
             }
@@ -536,7 +539,7 @@ impl Store {
     /// hold a generation (and `ino` itself once it has neither a name nor a generation), so
     /// that deleted and replaced files do not stay in the index for ever.
     /// `in_use`: inodes open or held by the kernel.
-    fn prune_history_chain(&self, ino: Ino, in_use: &HashSet<Ino>) -> StoreResult<()> {
+    pub(super) fn prune_history_chain(&self, ino: Ino, in_use: &HashSet<Ino>) -> StoreResult<()> {
         let chain = self.history_chain(ino)?;
         let _locks = self.lock_inodes(&chain);
         if self.history_chain(ino)? != chain {
@@ -567,7 +570,7 @@ impl Store {
     /// Drops the time-travel entries of names whose inode gc removed: an entry naming a gone
     /// inode becomes a gap ("no such name then"), or goes when the entry before it is a gap
     /// too (or there is none), so the history of a name shrinks with what it named.
-    fn prune_name_history(&self) -> StoreResult<()> {
+    pub(super) fn prune_name_history(&self) -> StoreResult<()> {
         let mut ops = Vec::new();
         let mut previous: Option<(Ino, Vec<u8>, bool)> = None; // (parent, name, was a gap)
         let mut gone: HashMap<Ino, bool> = HashMap::new();
@@ -602,21 +605,17 @@ impl Store {
         Ok(())
     }
 
-    /// The generations of one file's log that its policy drops.
-    fn gc_plan(
+    /// The file's log, newest first, and which of its entries nothing may drop: the current
+    /// generation, generations in use (`pinned`), and the one each snapshot shows.
+    pub(super) fn protected_log(
         &self,
         ino: Ino,
         inode: &Inode,
         pinned: &HashSet<(Ino, u64)>,
         snapshot_seqs: &[u64],
-        capacity: u64,
-        now: Timestamp,
-    ) -> StoreResult<Vec<LogEntry>> {
-        let policy = self.retention_of(ino)?;
+    ) -> StoreResult<(Vec<LogEntry>, BTreeSet<usize>)> {
         let mut log = self.log(ino)?;
-        log.reverse(); // newest first
-        let times: Vec<Timestamp> = log.iter().map(|e| e.manifest.committed).collect();
-        let mut keep = keep_set(&policy, &times, now, inode.nlink > 0);
+        log.reverse();
         // Until which sequence number each inode of the chain had a name (snapshots after
         // that do not show it); unknown: for ever.
         let mut named_until: HashMap<Ino, u64> = HashMap::new();
@@ -642,22 +641,58 @@ impl Store {
                 must.insert(i);
             }
         }
+        Ok((log, must))
+    }
+
+    /// The generations of one file's log that its policy drops.
+    fn gc_plan(
+        &self,
+        ino: Ino,
+        inode: &Inode,
+        pinned: &HashSet<(Ino, u64)>,
+        snapshot_seqs: &[u64],
+        capacity: u64,
+        now: Timestamp,
+    ) -> StoreResult<Vec<LogEntry>> {
+        let policy = self.retention_of(ino)?;
+        let (log, must) = self.protected_log(ino, inode, pinned, snapshot_seqs)?;
+        let times: Vec<Timestamp> = log.iter().map(|e| e.manifest.committed).collect();
+        let mut keep = keep_set(&policy, &times, now, inode.nlink > 0);
         if let Some(cap) = policy.max_size {
             let cap = match cap {
                 MaxSize::Bytes(b) => b,
                 MaxSize::Percent(p) => (capacity as f64 * p / 100.0) as u64,
             };
-            // Oldest kept generations go first until the history fits.
+            // Oldest kept generations go first until the history fits; keep-min-within holds.
+            let min_cutoff = policy.keep_min_within_secs.map(|w| now.secs - w as i64);
+            let droppable = |i: &usize| !must.contains(i) && min_cutoff.is_none_or(|c| times[*i].secs < c);
             let history = |keep: &BTreeSet<usize>| -> u64 {
                 keep.iter().filter(|i| !must.contains(i)).map(|i| log[*i].manifest.size).sum()
             };
             while history(&keep) > cap {
-                let Some(oldest) = keep.iter().rev().find(|i| !must.contains(i)).copied() else { break };
+                let Some(oldest) = keep.iter().rev().find(|i| droppable(i)).copied() else { break };
                 keep.remove(&oldest);
             }
         }
         keep.extend(must);
         Ok(log.into_iter().enumerate().filter(|(i, _)| !keep.contains(i)).map(|(_, e)| e).collect())
+    }
+
+    /// Drops generations of one file's log in one record.
+    pub(super) fn drop_generations(&self, drops: &[LogEntry]) -> StoreResult<()> {
+        if drops.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        for e in drops {
+            ops.push(Op::DelGeneration { ino: e.owner, gen: e.gen });
+            // Time travel must still tell "empty then" from "dropped since".
+            if e.gen == self.first_own_gen(&self.inode(e.owner)?)? {
+                let value = e.manifest.seq.to_le_bytes().to_vec();
+                ops.push(Op::PutXattr { ino: e.owner, name: FIRST_SEQ_XATTR.to_vec(), value });
+            }
+        }
+        self.mutate(ops).map(|_| ())
     }
 
     /// Unlinks chunk files whose reference count is zero. Commits hold the gc lock shared from
@@ -704,21 +739,30 @@ impl Store {
 
     pub fn stats(&self) -> StoreResult<Stats> {
         let mut s = Stats::default();
+        let mut live = HashSet::new();
         for (ino, inode) in self.index.inodes()? {
-            if inode.kind == Kind::File && inode.nlink > 0 {
+            let named_file = inode.kind == Kind::File && inode.nlink > 0;
+            if named_file {
                 s.files += 1;
             }
-            for (_, m) in self.index.generations(ino)? {
+            for (gen, m) in self.index.generations(ino)? {
                 s.generations += 1;
                 s.logical_bytes += m.size;
+                if named_file && gen == inode.gen {
+                    live.extend(m.chunks.values().map(|c| c.hash));
+                }
             }
         }
-        for (_, count, len) in self.index.chunks()? {
+        for (hash, count, len) in self.index.chunks()? {
             if count > 0 {
                 s.chunks += 1;
                 s.stored_bytes += len as u64;
+                if live.contains(&hash) {
+                    s.live_bytes += len as u64;
+                }
             }
         }
+        s.history_bytes = s.stored_bytes - s.live_bytes;
         s.snapshots = self.index.snapshots()?.len() as u64;
         Ok(s)
     }
@@ -730,9 +774,11 @@ mod tests {
 
     #[test]
     fn retention_text_round_trips_and_rejects_nonsense() {
-        let r: Retention = "keep-last=5,keep-within=24h,keep-daily=30,max-size=10%".parse().unwrap();
+        let r: Retention =
+            "keep-last=5,keep-within=24h,keep-daily=30,max-size=10%,keep-min-within=1h".parse().unwrap();
         assert_eq!(r.keep_last, Some(5));
         assert_eq!(r.keep_within_secs, Some(86_400));
+        assert_eq!(r.keep_min_within_secs, Some(3600));
         assert_eq!(r.max_size, Some(MaxSize::Percent(10.0)));
         assert_eq!(r.to_string().parse::<Retention>().unwrap(), r);
         assert!("keep-forever=1".parse::<Retention>().is_err());

@@ -8,7 +8,7 @@ pub mod views;
 use crate::store::chunks::hex;
 use crate::store::index::Snapshot;
 use crate::store::records::Ino;
-use crate::store::{GcReport, LogEntry, Stats, StoreResult};
+use crate::store::{GcReport, LogEntry, SpaceStatus, Stats, StoreResult};
 use std::fmt::Write;
 
 pub const PREFIX: &[u8] = b"user.genfs.";
@@ -24,6 +24,10 @@ pub const SEQ: &[u8] = b"user.genfs.seq";
 pub const DURABLE_SEQ: &[u8] = b"user.genfs.durable-seq";
 pub const STATS: &[u8] = b"user.genfs.stats";
 pub const GC: &[u8] = b"user.genfs.gc";
+/// On the root: the free-space floor history yields to (`10%`, `2G`; empty: the default).
+pub const FREE_FLOOR: &[u8] = b"user.genfs.free-floor";
+/// Space drops a gc report lists (the newest); the daemon's log has every one.
+const SPACE_DROPS_LISTED_MAX: usize = 256;
 /// On a view's file or directory: `MODE UID GID` as it was, write bits included (the view
 /// itself shows none), so `restore --tree` can bring back what the view cannot show.
 pub const MODE: &[u8] = b"user.genfs.mode";
@@ -97,17 +101,49 @@ pub fn snapshots_text(snaps: &[(Vec<u8>, Snapshot)]) -> Vec<u8> {
     out.into_bytes()
 }
 
-pub fn stats_text(s: &Stats) -> Vec<u8> {
-    format!(
-        "files\t{}\ngenerations\t{}\nlogical_bytes\t{}\nstored_bytes\t{}\nchunks\t{}\nsnapshots\t{}\n",
-        s.files, s.generations, s.logical_bytes, s.stored_bytes, s.chunks, s.snapshots
-    )
-    .into_bytes()
+/// `user.genfs.stats`; `gc_would_free`: what a gc now would free, in bytes.
+pub fn stats_text(s: &Stats, space: &SpaceStatus, gc_would_free: u64) -> Vec<u8> {
+    let mut out = String::new();
+    let rows: [(&str, String); 14] = [
+        ("files", s.files.to_string()),
+        ("generations", s.generations.to_string()),
+        ("logical_bytes", s.logical_bytes.to_string()),
+        ("stored_bytes", s.stored_bytes.to_string()),
+        ("live_bytes", s.live_bytes.to_string()),
+        ("history_bytes", s.history_bytes.to_string()),
+        ("gc_would_free_bytes", gc_would_free.to_string()),
+        ("chunks", s.chunks.to_string()),
+        ("snapshots", s.snapshots.to_string()),
+        ("fs_size_bytes", space.fs_bytes.to_string()),
+        ("fs_free_bytes", space.free_bytes.to_string()),
+        ("free_floor", space.floor.to_string()),
+        ("free_floor_bytes", space.floor_bytes.to_string()),
+        ("reserve_bytes", space.reserve_bytes.to_string()),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k}\t{v}");
+    }
+    out.into_bytes()
+}
+
+/// A generation dropped for space, as the gc report lists it.
+pub struct SpaceDropLine {
+    pub time: i64,
+    pub path: String,
+    pub gen: u64,
+    pub size: u64,
 }
 
 /// The report of a gc run; `name_of` gives a path (or the inode number) for a file; `hidden`
 /// counts the dropped generations of files the reader may not see, which it does not list.
-pub fn gc_text(r: &GcReport, hidden: usize, name_of: impl Fn(Ino) -> String) -> Vec<u8> {
+/// `space`: the generations dropped for space since the mount, oldest first (the newest are
+/// listed, the rest counted).
+pub fn gc_text(
+    r: &GcReport,
+    hidden: usize,
+    space: &[SpaceDropLine],
+    name_of: impl Fn(Ino) -> String,
+) -> Vec<u8> {
     let mut out = String::new();
     for (ino, gen, size) in &r.dropped {
         let _ = writeln!(out, "{}\t{gen}\t{size}", name_of(*ino));
@@ -116,6 +152,13 @@ pub fn gc_text(r: &GcReport, hidden: usize, name_of: impl Fn(Ino) -> String) -> 
         let _ = writeln!(out, "hidden\t{hidden}");
     }
     let _ = writeln!(out, "freed_chunks\t{}\nfreed_bytes\t{}", r.freed_chunks, r.freed_bytes);
+    let older = space.len().saturating_sub(SPACE_DROPS_LISTED_MAX);
+    if older > 0 {
+        let _ = writeln!(out, "space_older\t{older}");
+    }
+    for d in &space[older..] {
+        let _ = writeln!(out, "space\t{}\t{}\t{}\t{}", time::format_rfc3339(d.time), d.path, d.gen, d.size);
+    }
     out.into_bytes()
 }
 

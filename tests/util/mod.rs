@@ -274,6 +274,13 @@ pub fn getfattr(path: &Path, name: &str) -> Option<String> {
 
 /// Writes a whole file and closes it, reporting the error of close(2): that is where genfs
 /// reports a failed commit (std's `File` drop ignores it).
+/// A number of the mount's `user.genfs.stats`.
+pub fn stat_value(mnt: &Path, key: &str) -> u64 {
+    let text = getfattr(mnt, "user.genfs.stats").unwrap();
+    let value = text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('\t'));
+    value.unwrap_or_else(|| panic!("no {key} in the stats:\n{text}")).parse().unwrap()
+}
+
 pub fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::fd::IntoRawFd;
