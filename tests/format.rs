@@ -51,6 +51,14 @@ fn a_store_of_format_1_opens_reads_and_checks_clean() {
     m.unmount();
     let (code, out) = fsck(&m.store);
     assert_eq!(code, Some(0), "fsck after this build mounted it:\n{out}");
+    // Opening moved the index from sled to redb, once: format 2 now, no sled files left.
+    let config = std::fs::read_to_string(m.store.join("genfs.toml")).unwrap();
+    assert!(config.contains("format = 2"), "{config}");
+    let index: Vec<String> = std::fs::read_dir(m.store.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(index, ["genfs.redb"], "what the index directory holds");
 }
 
 #[test]
@@ -59,13 +67,13 @@ fn a_store_of_a_newer_format_is_refused_with_a_clear_message() {
     let store = dir.path().join("store");
     unpack_image(&store);
     let config = store.join("genfs.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace("format = 1", "format = 2");
+    let text = std::fs::read_to_string(&config).unwrap().replace("format = 1", "format = 3");
     std::fs::write(&config, text).unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let out = Command::new(genfs_bin()).arg("mount").arg(&store).arg(&mnt).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("newer genfs") && err.contains("format 2"), "{err}");
+    assert!(err.contains("newer genfs") && err.contains("format 3"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }

@@ -3,7 +3,9 @@
 use super::error::{StoreError, StoreResult};
 use std::path::Path;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 2 keeps the index in redb; format 1 (sled) is still opened, and moved on open.
+pub const FORMAT_VERSION: u32 = 2;
+const FORMAT_OLDEST: u32 = 1;
 pub const CONFIG_FILE: &str = "genfs.toml";
 pub const CHUNK_BYTES_DEFAULT: u64 = 1 << 20;
 pub const CHUNK_BYTES_MIN: u64 = 4 << 10;
@@ -63,9 +65,9 @@ impl StoreConfig {
                 path.display()
             )));
         }
-        if format != FORMAT_VERSION {
+        if format < FORMAT_OLDEST {
             return Err(StoreError::NotAStore(format!(
-                "{}: store format {format}, this genfs reads format {FORMAT_VERSION}",
+                "{}: store format {format}, this genfs reads formats {FORMAT_OLDEST} to {FORMAT_VERSION}",
                 path.display()
             )));
         }

@@ -1,24 +1,26 @@
-//! The index: a sled tree brought up to date from the journal. No sled type leaves this module.
+//! The index: a redb table brought up to date from the journal. No redb type leaves this module.
 //!
-//! One tree, keys prefixed by kind (all integers big-endian so ranges sort):
+//! One table, keys prefixed by kind (all integers big-endian so ranges sort):
 //! `i ino` inode · `d parent name` dirent · `c parent cookie` readdir order · `b ino parent name`
 //! names of an inode · `g ino gen` manifest · `r hash` chunk references and length ·
 //! `x ino name` xattr · `h parent len name seq` what a name pointed to from `seq` on (time
 //! travel) · `t secs` last sequence number of that second · `s name` snapshot · `a seq` record
 //! `seq` is applied (kept until a checkpoint covers it).
 //!
-//! Records are applied in one sled transaction each. Applying is idempotent: every op writes a
-//! full image, and a generation's chunk references rise only when the generation is new.
+//! Records are applied in one write transaction each, committed without durability: only a
+//! checkpoint's commit (`flush`) is durable, so after a crash the index is what the last
+//! checkpoint left, and replay of the journal brings it up to date. Applying is idempotent:
+//! every op writes a full image, and a generation's chunk references rise only when the
+//! generation is new. The `a seq` marks let replay skip a record the index already holds (an
+//! index restored from a copy may be ahead of the journal; see `Store::open_with_io`).
 //!
-//! sled may write its files at any time (on its own, or when dropped), so the index can be on
-//! disk ahead of the journal. The `a seq` marks make that safe: replay skips a record the index
-//! already holds instead of writing its older images over newer ones, and the journal numbers
-//! new records above every mark (see `Store::open_with_io`).
+//! Stores of format 1 kept the index in sled; `open` moves such an index into redb once
+//! (sled wrote up to 6 times the live data to disk, and far more under churn).
 
 use super::error::{StoreError, StoreResult};
 use super::records::{Hash, Ino, Inode, Kind, Manifest, Op, Record, Timestamp};
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use std::ops::Bound;
 use std::path::Path;
 
@@ -44,14 +46,7 @@ pub struct DirEntry {
 }
 
 pub struct Index {
-    db: sled::Db,
-    tree: sled::Tree,
-    /// One writer into sled at a time. sled 0.34 can deadlock inside when several threads
-    /// write at once: a writer holding its segment accountant waits for a file truncation
-    /// queued on sled's I/O pool behind buffer writes that wait for that accountant (seen here
-    /// under stress-ng's lock stressors; sled pull request #1269 fixed it after 0.34). With
-    /// writes serialized, no stream of new buffers can fill the pool while one waits.
-    writes: parking_lot::Mutex<()>,
+    db: redb::Database,
 }
 
 /// Meta key (prefix `m`): the next inode number to hand out.
@@ -165,29 +160,37 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> StoreResult<T>
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupted(format!("index {what}: {e}")))
 }
 
-fn sled_err(context: &str, e: sled::Error) -> StoreError {
-    match e {
-        sled::Error::Io(io) => StoreError::io(format!("index: {context}"), io),
+/// An error of the index database: I/O as I/O, anything else as damage.
+fn db_err(context: &str, e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Io(io) => StoreError::io(format!("index: {context}"), io),
         other => StoreError::Corrupted(format!("index: {context}: {other}")),
     }
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
-fn tx_abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
+/// The one table of the index.
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("genfs");
+/// The index file inside `index/`.
+const DB_FILE: &str = "genfs.redb";
+/// Log pages and time travel read generations newest first in batches of this many.
+const GENERATIONS_BATCH: usize = 32;
+/// Whole-index walks read inodes in batches of this many.
+const INODES_BATCH: usize = 1024;
+
+/// The index's page cache: what the daemon's memory holds of the index, whatever its size
+/// (redb's default is 1 GiB). `GENFS_INDEX_CACHE_MIB` overrides it.
+const INDEX_CACHE_BYTES_DEFAULT: usize = 32 << 20;
+
+fn index_cache_bytes() -> usize {
+    std::env::var("GENFS_INDEX_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&mib| (1..=1 << 20).contains(&mib))
+        .map_or(INDEX_CACHE_BYTES_DEFAULT, |mib| mib << 20)
 }
-
-impl From<StoreError> for ConflictableTransactionError<StoreError> {
-    fn from(e: StoreError) -> Self {
-        tx_abort(e)
-    }
-}
-
-/// sled's page cache budget. sled counts cached pages at their on-disk size; in memory they
-/// take several times that (measured here: 64 MiB let a 5-minute load run climb past 170 MiB
-/// of RSS; 16 MiB levels off near 120 MiB; sled issue #1309 reports about 10x).
-const INDEX_CACHE_BYTES: u64 = 16 << 20;
 
 /// Where an inode without names keeps (directory, sequence number) of its last name's removal
 /// (an 8+8-byte value; hidden like every `user.genfs.` name).
@@ -216,72 +219,109 @@ impl Index {
         }
     }
 
-    /// Opens the index; the caller holds the store's lock.
+    /// Opens the index in directory `path` (moving a format-1 sled index into it first); the
+    /// caller holds the store's lock.
     pub fn open(path: &Path) -> StoreResult<Index> {
-        let open = || {
-            sled::Config::new()
-                .path(path)
-                .cache_capacity(INDEX_CACHE_BYTES)
-                // Write only when asked (checkpoints), so the index does not run ahead of the
-                // journal on its own schedule.
-                .flush_every_ms(None)
-                .open()
-        };
-        // sled's background writes keep its lock file open briefly after a Db is dropped. The
-        // store's lock is ours, so a holder can only be this process's previous instance
-        // finishing its writes: wait for it, for a bounded time.
-        let mut attempts = 0;
-        let db = loop {
-            match open() {
-                Err(sled::Error::Io(e))
-                    if attempts < 100 && e.to_string().contains("could not acquire lock") =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => break other.map_err(|e| sled_err(&format!("open {}", path.display()), e))?,
-            }
-        };
-        let tree = db.open_tree("genfs").map_err(|e| sled_err("open tree", e))?;
-        Ok(Index { db, tree, writes: parking_lot::Mutex::new(()) })
+        let file = path.join(DB_FILE);
+        // A deleted index directory opens empty; the store then says what was lost.
+        std::fs::create_dir_all(path).map_err(|e| StoreError::io(format!("create {}", path.display()), e))?;
+        if !file.exists() && path.join("db").exists() {
+            migrate_sled_index(path, &file)?;
+        }
+        remove_sled_files(path)?;
+        let db = redb::Database::builder()
+            .set_cache_size(index_cache_bytes())
+            .create(&file)
+            .map_err(|e| db_err(&format!("open {}", file.display()), e))?;
+        let index = Index { db };
+        // The table exists from the start, so readers never meet a missing one.
+        index.write(Durability::Immediate, |_| Ok(()))?;
+        Ok(index)
     }
 
-    /// Makes everything applied so far durable in sled's files (the caller fsyncs them too:
-    /// sled's own flush uses sync_file_range, which is not durability).
+    /// Runs `f` in a write transaction committed with `durability`; an error aborts it.
+    fn write(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut Table) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let mut tx = self.db.begin_write().map_err(|e| db_err("begin write", e))?;
+        tx.set_durability(durability).map_err(|e| db_err("set durability", e))?;
+        if matches!(durability, Durability::Immediate) {
+            // The allocator state is saved with durable commits: reopening after a crash needs
+            // no walk of the whole file.
+            tx.set_quick_repair(true);
+        }
+        {
+            let mut table = tx.open_table(TABLE).map_err(|e| db_err("open table", e))?;
+            f(&mut table)?;
+        }
+        tx.commit().map_err(|e| db_err("commit", e))
+    }
+
+    /// Runs `f` on a consistent read-only view.
+    fn read<T>(&self, f: impl FnOnce(&ReadTable) -> StoreResult<T>) -> StoreResult<T> {
+        let tx = self.db.begin_read().map_err(|e| db_err("begin read", e))?;
+        let table = tx.open_table(TABLE).map_err(|e| db_err("open table", e))?;
+        f(&table)
+    }
+
+    /// Calls `f` with each (key, value) whose key starts with `prefix`, in key order, until it
+    /// returns false.
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> StoreResult<bool>,
+    ) -> StoreResult<()> {
+        self.read(|t| {
+            for item in t.range(prefix..).map_err(|e| db_err("scan", e))? {
+                let (k, v) = item.map_err(|e| db_err("scan", e))?;
+                if !k.value().starts_with(prefix) || !f(k.value(), v.value())? {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The last (key, value) in `range`, if any.
+    fn last_in(&self, range: (Bound<&[u8]>, Bound<&[u8]>)) -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
+        self.read(|t| match t.range(range).map_err(|e| db_err("scan", e))?.next_back() {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| db_err("scan", e))?;
+                Ok(Some((k.value().to_vec(), v.value().to_vec())))
+            }
+            None => Ok(None),
+        })
+    }
+
+    /// Makes everything applied so far durable (one durable commit; the caller fsyncs the
+    /// directory too).
     pub fn flush(&self) -> StoreResult<()> {
-        let _one_writer = self.writes.lock();
-        self.db.flush().map_err(|e| sled_err("flush", e))?;
-        Ok(())
+        self.write(Durability::Immediate, |_| Ok(()))
     }
 
     pub fn apply(&self, record: &Record) -> StoreResult<()> {
-        let _one_writer = self.writes.lock();
-        let result = self.tree.transaction(|tx| {
+        self.write(Durability::None, |t| {
             for op in &record.ops {
-                apply_op(tx, record, op)?;
+                apply_op(t, record, op)?;
             }
             // The time index: the last sequence number applied in each second.
             let tk = time_key(record.time);
-            let prev = match tx.get(&tk)? {
+            let prev = match get_in(t, &tk)? {
                 Some(v) => le_u64(&v, "time index")?,
                 None => 0,
             };
             if record.seq > prev {
-                tx.insert(tk, &record.seq.to_le_bytes())?;
+                put(t, &tk, &record.seq.to_le_bytes())?;
             }
-            tx.insert(applied_key(record.seq), &[] as &[u8])?;
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(sled_err("apply", e)),
-        }
+            put(t, &applied_key(record.seq), &[])
+        })
     }
 
     /// Whether record `seq` is in the index already (it was applied after the last checkpoint).
     pub fn is_applied(&self, seq: u64) -> StoreResult<bool> {
-        self.tree.contains_key(applied_key(seq)).map_err(|e| sled_err("get", e))
+        Ok(self.get(&applied_key(seq))?.is_some())
     }
 
     /// The highest sequence number applied since the last checkpoint, if any.
@@ -291,9 +331,9 @@ impl Index {
 
     /// The number after `prefix` in the last key under it (keys `prefix u64-be …`).
     fn highest_number(&self, prefix: u8, what: &str) -> StoreResult<Option<u64>> {
-        match self.tree.scan_prefix([prefix]).next_back() {
-            Some(Ok((k, _))) => Ok(Some(be_u64_at(&k, 1, what)?)),
-            Some(Err(e)) => Err(sled_err(what, e)),
+        let (start, end) = ([prefix], [prefix + 1]);
+        match self.last_in((Bound::Included(&start[..]), Bound::Excluded(&end[..])))? {
+            Some((k, _)) => Ok(Some(be_u64_at(&k, 1, what)?)),
             None => Ok(None),
         }
     }
@@ -301,17 +341,14 @@ impl Index {
     /// Drops the marks of records at or below `seq`: call only once a durable checkpoint covers
     /// them, since replay never goes back that far.
     pub fn forget_applied_through(&self, seq: u64) -> StoreResult<()> {
-        let _one_writer = self.writes.lock();
-        let mut batch = sled::Batch::default();
-        for item in self.tree.range(applied_key(0)..=applied_key(seq)) {
-            let (k, _) = item.map_err(|e| sled_err("scan marks", e))?;
-            batch.remove(k);
-        }
-        self.tree.apply_batch(batch).map_err(|e| sled_err("drop marks", e))
+        let (start, end) = (applied_key(0), applied_key(seq));
+        self.write(Durability::None, |t| {
+            t.retain_in(start.as_slice()..=end.as_slice(), |_, _| false).map_err(|e| db_err("drop marks", e))
+        })
     }
 
-    fn get(&self, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
-        self.tree.get(key).map_err(|e| sled_err("get", e))
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|t| Ok(t.get(key).map_err(|e| db_err("get", e))?.map(|v| v.value().to_vec())))
     }
 
     pub fn inode(&self, ino: Ino) -> StoreResult<Option<Inode>> {
@@ -343,38 +380,41 @@ impl Index {
     pub fn readdir(&self, parent: Ino, after: u64, limit: usize) -> StoreResult<Vec<DirEntry>> {
         let start = cookie_key(parent, after.saturating_add(1));
         let end = cookie_key(parent, u64::MAX);
-        let mut out = Vec::new();
-        for item in self.tree.range(start..=end) {
-            let (k, name) = item.map_err(|e| sled_err("readdir", e))?;
-            let cookie = be_u64_at(&k, 9, "readdir cookie")?;
-            if let Some((ino, kind)) = self.lookup(parent, &name)? {
-                out.push(DirEntry { cookie, name: name.to_vec(), ino, kind });
+        self.read(|t| {
+            let mut out = Vec::new();
+            for item in t.range(start.as_slice()..=end.as_slice()).map_err(|e| db_err("readdir", e))? {
+                let (k, name) = item.map_err(|e| db_err("readdir", e))?;
+                let cookie = be_u64_at(k.value(), 9, "readdir cookie")?;
+                let name = name.value();
+                if let Some(v) = t.get(dirent_key(parent, name).as_slice()).map_err(|e| db_err("get", e))? {
+                    let d: DirentValue = decode(v.value(), "dirent")?;
+                    out.push(DirEntry { cookie, name: name.to_vec(), ino: d.ino, kind: d.kind });
+                }
+                if out.len() >= limit {
+                    break;
+                }
             }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     pub fn dir_is_empty(&self, dir: Ino) -> StoreResult<bool> {
-        let prefix = key(b'd', &[&dir.to_be_bytes()]);
-        match self.tree.scan_prefix(prefix).next() {
-            None => Ok(true),
-            Some(Ok(_)) => Ok(false),
-            Some(Err(e)) => Err(sled_err("scan dir", e)),
-        }
+        let mut empty = true;
+        self.scan_prefix(&key(b'd', &[&dir.to_be_bytes()]), |_, _| {
+            empty = false;
+            Ok(false)
+        })?;
+        Ok(empty)
     }
 
     /// Every (parent, name) that names `ino`.
     pub fn names_of(&self, ino: Ino) -> StoreResult<Vec<(Ino, Vec<u8>)>> {
-        let prefix = key(b'b', &[&ino.to_be_bytes()]);
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
-            let (k, _) = item.map_err(|e| sled_err("names", e))?;
-            let parent = be_u64_at(&k, 9, "name of an inode")?;
+        self.scan_prefix(&key(b'b', &[&ino.to_be_bytes()]), |k, _| {
+            let parent = be_u64_at(k, 9, "name of an inode")?;
             out.push((parent, k[17..].to_vec()));
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -387,32 +427,60 @@ impl Index {
 
     /// All kept generations of `ino`, oldest first.
     pub fn generations(&self, ino: Ino) -> StoreResult<Vec<(u64, Manifest)>> {
-        let prefix = key(b'g', &[&ino.to_be_bytes()]);
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
-            let (k, v) = item.map_err(|e| sled_err("generations", e))?;
-            let gen = be_u64_at(&k, 9, "generation key")?;
-            out.push((gen, decode(&v, "generation")?));
-        }
+        self.scan_prefix(&key(b'g', &[&ino.to_be_bytes()]), |k, v| {
+            let gen = be_u64_at(k, 9, "generation key")?;
+            out.push((gen, decode(v, "generation")?));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
+    /// Up to `limit` kept generations of `ino` numbered below `before`, newest first.
+    fn generations_below(&self, ino: Ino, before: u64, limit: usize) -> StoreResult<Vec<(u64, Manifest)>> {
+        let (start, end) = (gen_key(ino, 0), gen_key(ino, before));
+        self.read(|t| {
+            let mut out = Vec::new();
+            let range = t.range(start.as_slice()..end.as_slice()).map_err(|e| db_err("generations", e))?;
+            for item in range.rev().take(limit) {
+                let (k, v) = item.map_err(|e| db_err("generations", e))?;
+                out.push((be_u64_at(k.value(), 9, "generation key")?, decode(v.value(), "generation")?));
+            }
+            Ok(out)
+        })
+    }
+
     /// Kept generations of `ino` numbered below `before` (all if None), newest first, read
-    /// from the index as the caller goes: a log page or a time-travel lookup reads only what
-    /// it uses.
+    /// from the index as the caller goes, a batch at a time: a log page or a time-travel
+    /// lookup reads only about what it uses.
     pub fn generations_newest_first(
         &self,
         ino: Ino,
         before: Option<u64>,
-    ) -> impl Iterator<Item = StoreResult<(u64, Manifest)>> {
-        let end = match before {
-            Some(b) => Bound::Excluded(gen_key(ino, b)),
-            None => Bound::Included(gen_key(ino, u64::MAX)),
-        };
-        self.tree.range::<Vec<u8>, _>((Bound::Included(gen_key(ino, 0)), end)).rev().map(|item| {
-            let (k, v) = item.map_err(|e| sled_err("generations", e))?;
-            let gen = be_u64_at(&k, 9, "generation key")?;
-            Ok((gen, decode(&v, "generation")?))
+    ) -> impl Iterator<Item = StoreResult<(u64, Manifest)>> + '_ {
+        let mut bound = Some(before.unwrap_or(u64::MAX));
+        let mut batch: std::vec::IntoIter<(u64, Manifest)> = Vec::new().into_iter();
+        std::iter::from_fn(move || loop {
+            if let Some(item) = batch.next() {
+                return Some(Ok(item));
+            }
+            let below = bound?;
+            match self.generations_below(ino, below, GENERATIONS_BATCH) {
+                Ok(found) => {
+                    bound = match found.last() {
+                        Some((gen, _)) if found.len() == GENERATIONS_BATCH => Some(*gen),
+                        _ => None,
+                    };
+                    if found.is_empty() {
+                        return None;
+                    }
+                    batch = found.into_iter();
+                }
+                Err(e) => {
+                    bound = None;
+                    return Some(Err(e));
+                }
+            }
         })
     }
 
@@ -426,12 +494,12 @@ impl Index {
     /// Every chunk the index knows: (hash, references, length).
     pub fn chunks(&self) -> StoreResult<Vec<(Hash, u64, u32)>> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([b'r']) {
-            let (k, v) = item.map_err(|e| sled_err("chunks", e))?;
-            let hash = Hash::try_from(&k[1..]).map_err(|_| short("chunk key", &k, 33))?;
-            let (count, len) = read_ref(&v)?;
+        self.scan_prefix(b"r", |k, v| {
+            let hash = Hash::try_from(&k[1..]).map_err(|_| short("chunk key", k, 33))?;
+            let (count, len) = read_ref(v)?;
             out.push((hash, count, len));
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -439,9 +507,8 @@ impl Index {
     pub fn lookup_at(&self, parent: Ino, name: &[u8], seq: u64) -> StoreResult<Option<(Ino, Kind)>> {
         let start = history_prefix(parent, name);
         let end = history_key(parent, name, seq);
-        match self.tree.range(start..=end).next_back() {
-            Some(Ok((_, v))) => decode(&v, "history"),
-            Some(Err(e)) => Err(sled_err("history", e)),
+        match self.last_in((Bound::Included(&start[..]), Bound::Included(&end[..])))? {
+            Some((_, v)) => decode(&v, "history"),
             None => Ok(None),
         }
     }
@@ -449,81 +516,128 @@ impl Index {
     /// Every name-history entry, each name's entries together and in order.
     pub fn name_history(&self) -> StoreResult<Vec<NameHistoryEntry>> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([b'h']) {
-            let (k, v) = item.map_err(|e| sled_err("history", e))?;
-            let (parent, name, seq) = parse_history_key(&k)?;
-            out.push((parent, name, seq, decode(&v, "history")?));
-        }
+        self.scan_prefix(b"h", |k, v| {
+            let (parent, name, seq) = parse_history_key(k)?;
+            out.push((parent, name, seq, decode(v, "history")?));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
     /// The entries of `parent` as of `seq`, sorted by (name length, name).
     pub fn readdir_at(&self, parent: Ino, seq: u64) -> StoreResult<Vec<(Vec<u8>, Ino, Kind)>> {
-        let prefix = key(b'h', &[&parent.to_be_bytes()]);
         let mut out: Vec<(Vec<u8>, Ino, Kind)> = Vec::new();
         let mut current: Option<(Vec<u8>, NameTarget)> = None;
-        for item in self.tree.scan_prefix(prefix) {
-            let (k, v) = item.map_err(|e| sled_err("history", e))?;
-            let (_, name, entry_seq) = parse_history_key(&k)?;
+        self.scan_prefix(&key(b'h', &[&parent.to_be_bytes()]), |k, v| {
+            let (_, name, entry_seq) = parse_history_key(k)?;
             if current.as_ref().is_some_and(|(n, _)| *n != name) {
                 if let Some((n, Some((ino, kind)))) = current.take() {
                     out.push((n, ino, kind));
                 }
             }
             if entry_seq <= seq {
-                current = Some((name, decode(&v, "history")?));
+                current = Some((name, decode(v, "history")?));
             } else if current.as_ref().is_none_or(|(n, _)| *n != name) {
                 current = Some((name, None));
             }
-        }
+            Ok(true)
+        })?;
         if let Some((n, Some((ino, kind)))) = current {
             out.push((n, ino, kind));
         }
         Ok(out)
     }
 
+    /// Every second the time index holds, oldest first.
+    pub fn time_index_secs(&self) -> StoreResult<Vec<u64>> {
+        let mut out = Vec::new();
+        self.scan_prefix(b"t", |k, _| {
+            out.push(be_u64_at(k, 1, "time key")?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// The last sequence number applied at or before `t` (1 s resolution); 0 if none.
     pub fn seq_at_time(&self, t: Timestamp) -> StoreResult<u64> {
-        match self.tree.range([b't'].to_vec()..=time_key(t)).next_back() {
-            Some(Ok((k, v))) if k[0] == b't' => le_u64(&v, "time index"),
-            Some(Err(e)) => Err(sled_err("time index", e)),
+        let end = time_key(t);
+        match self.last_in((Bound::Included(&b"t"[..]), Bound::Included(&end[..])))? {
+            Some((k, v)) if k[0] == b't' => le_u64(&v, "time index"),
             _ => Ok(0),
         }
     }
 
     pub fn snapshots(&self) -> StoreResult<Vec<(Vec<u8>, Snapshot)>> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([b's']) {
-            let (k, v) = item.map_err(|e| sled_err("snapshots", e))?;
-            let snap: Snapshot = decode(&v, "snapshot")?;
-            out.push((k[1..].to_vec(), snap));
-        }
+        self.scan_prefix(b"s", |k, v| {
+            out.push((k[1..].to_vec(), decode::<Snapshot>(v, "snapshot")?));
+            Ok(true)
+        })?;
         out.sort_by_key(|(_, s)| s.seq);
         Ok(out)
     }
 
-    /// All regular-file inodes that have generations (gc and statistics walk these).
+    /// Up to `limit` inodes numbered `from` or above, in number order.
+    fn inodes_from(&self, from: Ino, limit: usize) -> StoreResult<Vec<(Ino, Inode)>> {
+        let (start, end) = (inode_key(from), [b'i' + 1]);
+        self.read(|t| {
+            let mut out = Vec::new();
+            for item in t.range(start.as_slice()..&end[..]).map_err(|e| db_err("inodes", e))?.take(limit) {
+                let (k, v) = item.map_err(|e| db_err("inodes", e))?;
+                out.push((be_u64_at(k.value(), 1, "inode key")?, decode(v.value(), "inode")?));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every inode in number order, read a batch at a time: gc and statistics walk the whole
+    /// index in flat memory, and no read transaction stays open across their writes.
+    pub fn each_inode(&self) -> impl Iterator<Item = StoreResult<(Ino, Inode)>> + '_ {
+        let mut next = Some(0);
+        let mut batch: std::vec::IntoIter<(Ino, Inode)> = Vec::new().into_iter();
+        std::iter::from_fn(move || loop {
+            if let Some(item) = batch.next() {
+                return Some(Ok(item));
+            }
+            match self.inodes_from(next?, INODES_BATCH) {
+                Ok(found) => {
+                    next = match found.last() {
+                        Some((ino, _)) if found.len() == INODES_BATCH => ino.checked_add(1),
+                        _ => None,
+                    };
+                    if found.is_empty() {
+                        return None;
+                    }
+                    batch = found.into_iter();
+                }
+                Err(e) => {
+                    next = None;
+                    return Some(Err(e));
+                }
+            }
+        })
+    }
+
+    /// Every inode at once (fsck, which holds the whole tree anyway).
     pub fn inodes(&self) -> StoreResult<Vec<(Ino, Inode)>> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([b'i']) {
-            let (k, v) = item.map_err(|e| sled_err("inodes", e))?;
-            let ino = be_u64_at(&k, 1, "inode key")?;
-            out.push((ino, decode(&v, "inode")?));
-        }
+        self.scan_prefix(b"i", |k, v| {
+            out.push((be_u64_at(k, 1, "inode key")?, decode(v, "inode")?));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
     pub fn xattr(&self, ino: Ino, name: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.get(&xattr_key(ino, name))?.map(|v| v.to_vec()))
+        self.get(&xattr_key(ino, name))
     }
 
     pub fn xattr_names(&self, ino: Ino) -> StoreResult<Vec<Vec<u8>>> {
-        let prefix = key(b'x', &[&ino.to_be_bytes()]);
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix) {
-            let (k, _) = item.map_err(|e| sled_err("xattrs", e))?;
+        self.scan_prefix(&key(b'x', &[&ino.to_be_bytes()]), |k, _| {
             out.push(k[9..].to_vec());
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -539,119 +653,221 @@ impl Index {
 
     /// Counts of (inodes, generations, chunks) for statistics; walks the index.
     pub fn counts(&self) -> StoreResult<(u64, u64, u64)> {
-        let count = |p: u8| self.tree.scan_prefix([p]).count() as u64;
-        Ok((count(b'i'), count(b'g'), count(b'r')))
+        let count = |p: u8| -> StoreResult<u64> {
+            let mut n = 0;
+            self.scan_prefix(&[p], |_, _| {
+                n += 1;
+                Ok(true)
+            })?;
+            Ok(n)
+        };
+        Ok((count(b'i')?, count(b'g')?, count(b'r')?))
+    }
+
+    /// (bytes of keys and values, bytes of the index file): how far the file is from its data.
+    pub fn sizes(&self, path: &Path) -> StoreResult<(u64, u64)> {
+        let live = self.read(|t| {
+            let stats = t.stats().map_err(|e| db_err("stats", e))?;
+            Ok(stats.stored_bytes())
+        })?;
+        let file = path.join(DB_FILE);
+        let on_disk =
+            std::fs::metadata(&file).map_err(|e| StoreError::io(format!("stat {}", file.display()), e))?;
+        Ok((live, on_disk.len()))
     }
 }
 
-fn apply_op(tx: &TransactionalTree, record: &Record, op: &Op) -> TxResult<()> {
+fn get_in(t: &Table, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+    Ok(t.get(key).map_err(|e| db_err("get", e))?.map(|v| v.value().to_vec()))
+}
+
+fn put(t: &mut Table, key: &[u8], value: &[u8]) -> StoreResult<()> {
+    t.insert(key, value).map_err(|e| db_err("insert", e)).map(|_| ())
+}
+
+/// Removes `key`; its old value, if any.
+fn take(t: &mut Table, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+    Ok(t.remove(key).map_err(|e| db_err("remove", e))?.map(|v| v.value().to_vec()))
+}
+
+fn apply_op(t: &mut Table, record: &Record, op: &Op) -> StoreResult<()> {
     match op {
         Op::PutInode { ino, inode } => {
-            tx.insert(inode_key(*ino), encode(inode)?)?;
+            put(t, &inode_key(*ino), &encode(inode)?)?;
             // Inode numbers are never reused, even after the highest one is deleted.
-            let next = match tx.get(NEXT_INO_KEY)? {
+            let next = match get_in(t, NEXT_INO_KEY)? {
                 Some(v) => le_u64(&v, "next inode number")?,
                 None => 0,
             };
             if *ino >= next {
-                tx.insert(NEXT_INO_KEY, &(ino + 1).to_le_bytes())?;
+                put(t, NEXT_INO_KEY, &(ino + 1).to_le_bytes())?;
             }
         }
         Op::LostLastName { ino, parent } => {
             let mut value = parent.to_le_bytes().to_vec();
             value.extend_from_slice(&record.seq.to_le_bytes());
-            tx.insert(xattr_key(*ino, LAST_NAME_XATTR), value)?;
+            put(t, &xattr_key(*ino, LAST_NAME_XATTR), &value)?;
         }
         Op::PruneNameHistory { parent, name, seq, gap } => {
             let k = history_key(*parent, name, *seq);
             if *gap {
-                tx.insert(k, encode(&None::<(Ino, Kind)>)?)?;
+                put(t, &k, &encode(&None::<(Ino, Kind)>)?)?;
             } else {
-                tx.remove(k)?;
+                take(t, &k)?;
             }
         }
         Op::DelInode { ino, xattrs } => {
-            tx.remove(inode_key(*ino))?;
+            take(t, &inode_key(*ino))?;
             for name in xattrs {
-                tx.remove(xattr_key(*ino, name))?;
+                take(t, &xattr_key(*ino, name))?;
             }
         }
         Op::PutDirent { parent, name, ino, kind, cookie } => {
-            remove_dirent(tx, *parent, name)?;
+            remove_dirent(t, *parent, name)?;
             let value = DirentValue { ino: *ino, kind: *kind, cookie: *cookie };
-            tx.insert(dirent_key(*parent, name), encode(&value)?)?;
-            tx.insert(cookie_key(*parent, *cookie), name.as_slice())?;
-            tx.insert(backlink_key(*ino, *parent, name), &[] as &[u8])?;
-            tx.insert(history_key(*parent, name, record.seq), encode(&Some((*ino, *kind)))?)?;
+            put(t, &dirent_key(*parent, name), &encode(&value)?)?;
+            put(t, &cookie_key(*parent, *cookie), name)?;
+            put(t, &backlink_key(*ino, *parent, name), &[])?;
+            put(t, &history_key(*parent, name, record.seq), &encode(&Some((*ino, *kind)))?)?;
         }
         Op::DelDirent { parent, name } => {
-            remove_dirent(tx, *parent, name)?;
-            tx.insert(history_key(*parent, name, record.seq), encode(&None::<(Ino, Kind)>)?)?;
+            remove_dirent(t, *parent, name)?;
+            put(t, &history_key(*parent, name, record.seq), &encode(&None::<(Ino, Kind)>)?)?;
         }
         Op::PutGeneration { ino, gen, manifest } => {
             let k = gen_key(*ino, *gen);
-            if tx.get(&k)?.is_none() {
+            if get_in(t, &k)?.is_none() {
                 for chunk in manifest.chunks.values() {
                     let rk = ref_key(&chunk.hash);
-                    let n = match tx.get(&rk)? {
+                    let n = match get_in(t, &rk)? {
                         Some(v) => read_ref(&v)?.0,
                         None => 0,
                     };
-                    tx.insert(rk, &ref_value(n + 1, chunk.len))?;
+                    put(t, &rk, &ref_value(n + 1, chunk.len))?;
                 }
-                tx.insert(k, encode(manifest)?)?;
+                put(t, &k, &encode(manifest)?)?;
             }
         }
         Op::DelGeneration { ino, gen } => {
-            if let Some(old) = tx.remove(gen_key(*ino, *gen))? {
+            if let Some(old) = take(t, &gen_key(*ino, *gen))? {
                 let manifest: Manifest = decode(&old, "generation")?;
                 for chunk in manifest.chunks.values() {
                     let rk = ref_key(&chunk.hash);
                     // A generation holds one reference to each of its chunks: a count already
                     // at 0 (or none at all) means the index is damaged.
-                    let (n, len) = match tx.get(&rk)? {
+                    let (n, len) = match get_in(t, &rk)? {
                         Some(v) => read_ref(&v)?,
                         None => (0, chunk.len),
                     };
                     if n == 0 {
-                        return Err(tx_abort(StoreError::Corrupted(format!(
+                        return Err(StoreError::Corrupted(format!(
                             "inode {ino} generation {gen} held a chunk with no references"
-                        ))));
+                        )));
                     }
-                    tx.insert(rk, &ref_value(n - 1, len))?;
+                    put(t, &rk, &ref_value(n - 1, len))?;
                 }
             }
         }
         Op::PutSnapshot { name } => {
             let snap = Snapshot { seq: record.seq, time: record.time };
-            tx.insert(snapshot_key(name), encode(&snap)?)?;
+            put(t, &snapshot_key(name), &encode(&snap)?)?;
         }
         Op::DelSnapshot { name } => {
-            tx.remove(snapshot_key(name))?;
+            take(t, &snapshot_key(name))?;
         }
         Op::DropChunk { hash } => {
             let rk = ref_key(hash);
-            if let Some(v) = tx.get(&rk)? {
+            if let Some(v) = get_in(t, &rk)? {
                 if read_ref(&v)?.0 == 0 {
-                    tx.remove(rk)?;
+                    take(t, &rk)?;
                 }
             }
         }
         Op::PutXattr { ino, name, value } => {
-            tx.insert(xattr_key(*ino, name), value.as_slice())?;
+            put(t, &xattr_key(*ino, name), value)?;
         }
         Op::DelXattr { ino, name } => {
-            tx.remove(xattr_key(*ino, name))?;
+            take(t, &xattr_key(*ino, name))?;
+        }
+        Op::ThinTimeIndex { secs } => {
+            for s in secs {
+                take(t, &key(b't', &[&s.to_be_bytes()]))?;
+            }
         }
     }
     Ok(())
 }
 
-fn remove_dirent(tx: &TransactionalTree, parent: Ino, name: &[u8]) -> TxResult<()> {
-    if let Some(old) = tx.remove(dirent_key(parent, name))? {
+fn remove_dirent(t: &mut Table, parent: Ino, name: &[u8]) -> StoreResult<()> {
+    if let Some(old) = take(t, &dirent_key(parent, name))? {
         let old: DirentValue = decode(&old, "dirent")?;
-        tx.remove(cookie_key(parent, old.cookie))?;
-        tx.remove(backlink_key(old.ino, parent, name))?;
+        take(t, &cookie_key(parent, old.cookie))?;
+        take(t, &backlink_key(old.ino, parent, name))?;
+    }
+    Ok(())
+}
+
+/// sled's files in a format-1 index directory.
+const SLED_FILES: [&str; 3] = ["db", "conf", "blobs"];
+
+/// Copies a format-1 (sled) index into a new redb file, made durable under a temporary name
+/// and then renamed into place: a crash at any point leaves one of the two whole.
+fn migrate_sled_index(dir: &Path, file: &Path) -> StoreResult<()> {
+    let sled_err = |what: &str, e: sled::Error| match e {
+        sled::Error::Io(io) => StoreError::io(format!("index {}: {what}", dir.display()), io),
+        other => StoreError::Corrupted(format!("index {}: {what}: {other}", dir.display())),
+    };
+    tracing::info!("{}: moving the index from sled (store format 1) to redb", dir.display());
+    let old = sled::Config::new().path(dir).open().map_err(|e| sled_err("open the format-1 index", e))?;
+    let tree = old.open_tree("genfs").map_err(|e| sled_err("open tree", e))?;
+    let tmp = dir.join(format!("{DB_FILE}.new"));
+    let _ = std::fs::remove_file(&tmp);
+    let db = redb::Database::builder()
+        .set_cache_size(index_cache_bytes())
+        .create(&tmp)
+        .map_err(|e| db_err(&format!("create {}", tmp.display()), e))?;
+    let new = Index { db };
+    let mut items = tree.iter();
+    loop {
+        let mut done = true;
+        new.write(Durability::None, |t| {
+            for item in items.by_ref().take(10_000) {
+                let (k, v) = item.map_err(|e| sled_err("read", e))?;
+                put(t, &k, &v)?;
+                done = false;
+            }
+            Ok(())
+        })?;
+        if done {
+            break;
+        }
+    }
+    new.flush()?;
+    drop(new);
+    drop(tree);
+    drop(old);
+    std::fs::rename(&tmp, file).map_err(|e| StoreError::io(format!("rename {}", tmp.display()), e))?;
+    let d = std::fs::File::open(dir).map_err(|e| StoreError::io(format!("open {}", dir.display()), e))?;
+    d.sync_all().map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))
+}
+
+/// Removes what a format-1 index left once its redb copy is in place.
+fn remove_sled_files(dir: &Path) -> StoreResult<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(format!("read {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("read {}", dir.display()), e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let sled_file = SLED_FILES.contains(&name.as_ref()) || name.starts_with("snap.");
+        if !sled_file {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        removed.map_err(|e| StoreError::io(format!("remove {}", path.display()), e))?;
     }
     Ok(())
 }

@@ -196,14 +196,7 @@ impl Store {
             .append(|_| vec![Op::PutInode { ino: ROOT_INO, inode: new_inode(&root, Timestamp::now()) }])?;
         journal.sync_to(record.seq)?;
         // The config file is written last: its presence marks a complete store.
-        let tmp = path.join("genfs.toml.tmp");
-        let f = io.create_new(&tmp, 0o600).map_err(io_err(format!("create {}", tmp.display())))?;
-        io.write_all_at(&f, config.render().as_bytes(), 0)
-            .map_err(io_err(format!("write {}", tmp.display())))?;
-        io.sync_data(&f).map_err(io_err(format!("fsync {}", tmp.display())))?;
-        io.rename(&tmp, &path.join(CONFIG_FILE)).map_err(io_err(format!("rename {}", tmp.display())))?;
-        io.sync_dir(path).map_err(io_err(format!("fsync {}", path.display())))?;
-        Ok(())
+        write_config(&io, path, &config)
     }
 
     pub fn open(path: &Path) -> StoreResult<Store> {
@@ -213,10 +206,15 @@ impl Store {
     /// Opens a store: takes its lock, clears staging, replays the journal into the index.
     pub fn open_with_io(path: &Path, io: Arc<dyn StoreIo>) -> StoreResult<Store> {
         safety::check_store_files(path, euid())?;
-        let config = StoreConfig::load(path)?;
+        let mut config = StoreConfig::load(path)?;
         let lock_file = take_lock(path)?;
         let removed_staging_files = clear_dir(&path.join("staging"))?;
         let index = Index::open(&path.join("index"))?;
+        if config.format < config::FORMAT_VERSION {
+            // Format 1 differs only in its index, which `Index::open` has just moved.
+            config.format = config::FORMAT_VERSION;
+            write_config(io.as_ref(), path, &config)?;
+        }
         let (journal, replay) = Journal::open(&path.join("journal"), io.clone())?;
         // sled may have written records to disk before the journal made them durable: a record
         // the index holds is skipped, never applied again over what came after it.
@@ -903,6 +901,17 @@ fn clear_dir(dir: &Path) -> StoreResult<usize> {
 }
 
 /// fsyncs every file and directory below `dir` (sled's files at a checkpoint).
+/// Replaces `genfs.toml` atomically (written aside, synced, renamed, directory synced).
+fn write_config(io: &dyn StoreIo, path: &Path, config: &StoreConfig) -> StoreResult<()> {
+    let tmp = path.join("genfs.toml.tmp");
+    let _ = io.unlink(&tmp);
+    let f = io.create_new(&tmp, 0o600).map_err(io_err(format!("create {}", tmp.display())))?;
+    io.write_all_at(&f, config.render().as_bytes(), 0).map_err(io_err(format!("write {}", tmp.display())))?;
+    io.sync_data(&f).map_err(io_err(format!("fsync {}", tmp.display())))?;
+    io.rename(&tmp, &path.join(CONFIG_FILE)).map_err(io_err(format!("rename {}", tmp.display())))?;
+    io.sync_dir(path).map_err(io_err(format!("fsync {}", path.display())))
+}
+
 fn sync_tree(io: &dyn StoreIo, dir: &Path) -> StoreResult<()> {
     for entry in std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
         let entry = entry.map_err(io_err(format!("read {}", dir.display())))?;

@@ -203,6 +203,11 @@ pub enum Op {
         seq: u64,
         gap: bool,
     },
+    /// gc: forgets the time index's entries of these seconds (time travel to them lands on the
+    /// last instant still kept before them). New in store format 2.
+    ThinTimeIndex {
+        secs: Vec<u64>,
+    },
 }
 
 /// A journal record: one atomic, ordered change of the store.

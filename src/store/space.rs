@@ -172,22 +172,22 @@ impl Store {
     /// those a snapshot shows, and those younger than their policy's keep-min-within.
     pub fn thin_for_space(&self, pinned: &HashSet<(Ino, u64)>, need: u64) -> StoreResult<GcReport> {
         let mut report = GcReport::default();
-        let inodes = self.index.inodes()?;
-        let predecessors: HashSet<Ino> = inodes.iter().filter_map(|(_, i)| i.history).collect();
+        let predecessors = self.predecessors()?;
         let snapshot_seqs: Vec<u64> = self.index.snapshots()?.iter().map(|(_, s)| s.seq).collect();
         let now = Timestamp::now();
         // (committed, file, entry) of every generation thinning may drop.
         let mut candidates: Vec<(Timestamp, Ino, LogEntry)> = Vec::new();
-        for (ino, inode) in &inodes {
-            if inode.kind != Kind::File || predecessors.contains(ino) {
+        for item in self.index.each_inode() {
+            let (ino, inode) = item?;
+            if inode.kind != Kind::File || predecessors.contains(&ino) {
                 continue;
             }
-            let min_cutoff = self.retention_of(*ino)?.keep_min_within_secs.map(|w| now.secs - w as i64);
-            let (log, must) = self.protected_log(*ino, inode, pinned, &snapshot_seqs)?;
+            let min_cutoff = self.retention_of(ino)?.keep_min_within_secs.map(|w| now.secs - w as i64);
+            let (log, must) = self.protected_log(ino, &inode, pinned, &snapshot_seqs)?;
             for (i, e) in log.into_iter().enumerate() {
                 let young = min_cutoff.is_some_and(|c| e.manifest.committed.secs >= c);
                 if !must.contains(&i) && !young {
-                    candidates.push((e.manifest.committed, *ino, e));
+                    candidates.push((e.manifest.committed, ino, e));
                 }
             }
         }

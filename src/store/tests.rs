@@ -1637,3 +1637,36 @@ fn thinning_for_space_drops_oldest_unprotected_history_only() {
     let report = store.check().unwrap();
     assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
 }
+
+/// Issue 14: gc removes directories and symbolic links that lost their names once their
+/// policy no longer looks back that far, the name history under them, and coarsens the time
+/// index the policy no longer needs second by second.
+#[test]
+fn gc_removes_deleted_directories_symlinks_and_old_instants() {
+    let (_tmp, _path, store) = new_store(CS);
+    store.set_retention(ROOT_INO, Some("keep-last=0,keep-within=0s"), 0).unwrap();
+    let dir = mkdir(&store, ROOT_INO, "d");
+    let sub = mkdir(&store, dir, "sub");
+    let link = symlink(&store, dir, "l", "target");
+    let kept = mkdir(&store, ROOT_INO, "kept");
+    store.unlink(dir, b"l").unwrap();
+    store.rmdir(dir, b"sub").unwrap();
+    store.rmdir(ROOT_INO, b"d").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap_dir = mkdir(&store, ROOT_INO, "in-a-snapshot");
+    store.snapshot_create(b"s").unwrap();
+    store.rmdir(ROOT_INO, b"in-a-snapshot").unwrap();
+    assert!(store.index.time_index_secs().unwrap().len() >= 2);
+    store.gc(&HashSet::new(), false).unwrap();
+    for gone in [dir, sub, link] {
+        assert!(store.index.inode(gone).unwrap().is_none(), "inode {gone} is still in the index");
+    }
+    assert!(store.index.inode(kept).unwrap().is_some());
+    assert!(store.index.inode(snap_dir).unwrap().is_some(), "a snapshot shows it");
+    let history = store.index.name_history().unwrap();
+    assert!(history.iter().all(|e| e.0 != dir), "names under a removed directory: {history:?}");
+    assert!(store.index.time_index_secs().unwrap().len() <= 2, "one instant per day is enough here");
+    assert_consistent(&store);
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
+}

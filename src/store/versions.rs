@@ -85,6 +85,26 @@ impl Retention {
     }
 }
 
+impl Retention {
+    /// How far back the policy keeps anything: deleted directories and fine-grained time
+    /// travel are kept that long.
+    fn horizon_secs(&self) -> u64 {
+        let day = DAY_SECS as u64;
+        [
+            self.keep_within_secs,
+            self.keep_min_within_secs,
+            self.keep_hourly.map(|n| n.saturating_mul(3600)),
+            self.keep_daily.map(|n| n.saturating_mul(day)),
+            self.keep_weekly.map(|n| n.saturating_mul(7 * day)),
+            self.keep_monthly.map(|n| n.saturating_mul(31 * day)),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+    }
+}
+
 /// Bounds on policy values, far above any real need, so that arithmetic on times and counts
 /// cannot overflow: 10,000 years, and a billion generations or periods.
 const KEEP_SECS_MAX: u64 = 10_000 * 366 * DAY_SECS as u64;
@@ -488,28 +508,30 @@ impl Store {
     /// `pinned`: (inode, generation) pairs in use by open files and drafts.
     pub fn gc(&self, pinned: &HashSet<(Ino, u64)>, dry_run: bool) -> StoreResult<GcReport> {
         let mut report = GcReport::default();
-        let inodes = self.index.inodes()?;
-        let predecessors: HashSet<Ino> = inodes.iter().filter_map(|(_, i)| i.history).collect();
+        let predecessors = self.predecessors()?;
         let snapshot_seqs: Vec<u64> = self.index.snapshots()?.iter().map(|(_, s)| s.seq).collect();
         let capacity = self.statfs().map(|st| st.f_blocks * st.f_frsize).unwrap_or(0);
         let now = Timestamp::now();
         let in_use: HashSet<Ino> = pinned.iter().map(|(ino, _)| *ino).collect();
-        for (ino, inode) in &inodes {
-            if inode.kind != Kind::File || predecessors.contains(ino) {
+        for item in self.index.each_inode() {
+            let (ino, inode) = item?;
+            if inode.kind != Kind::File || predecessors.contains(&ino) {
                 continue;
             }
-            let drops = self.gc_plan(*ino, inode, pinned, &snapshot_seqs, capacity, now)?;
+            let drops = self.gc_plan(ino, &inode, pinned, &snapshot_seqs, capacity, now)?;
             report.dropped.extend(drops.iter().map(|e| (e.owner, e.gen, e.manifest.size)));
             if dry_run {
                 continue;
             }
             self.drop_generations(&drops)?;
             if inode.nlink == 0 || inode.history.is_some() {
-                self.prune_history_chain(*ino, &in_use)?;
+                self.prune_history_chain(ino, &in_use)?;
             }
         }
         if !dry_run {
+            self.prune_removed_nodes(&in_use, &snapshot_seqs, now)?;
             self.prune_name_history()?;
+            self.thin_time_index(now)?;
         }
         let (chunks, bytes) = self.collect_chunks(dry_run, &report)?;
         report.freed_chunks = chunks;
@@ -518,6 +540,16 @@ impl Store {
             self.sync()?;
         }
         Ok(report)
+    }
+
+    /// The inodes whose history another file continues (a rename over them): gc reaches
+    /// their generations through that file's log.
+    pub(super) fn predecessors(&self) -> StoreResult<HashSet<Ino>> {
+        let mut out = HashSet::new();
+        for item in self.index.each_inode() {
+            out.extend(item?.1.history);
+        }
+        Ok(out)
     }
 
     /// `ino` and the files whose history it continues (rename over), newest first.
@@ -567,6 +599,74 @@ impl Store {
         self.mutate(ops).map(|_| ())
     }
 
+    /// Removes directories, symbolic links and special files that lost their last name longer
+    /// ago than their policy looks back, unless a snapshot may show them or the kernel holds
+    /// them (`in_use`). Deleted files go through their history chain instead.
+    fn prune_removed_nodes(
+        &self,
+        in_use: &HashSet<Ino>,
+        snapshot_seqs: &[u64],
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let mut ops = Vec::new();
+        for item in self.index.each_inode() {
+            let (ino, inode) = item?;
+            if inode.kind == Kind::File
+                || inode.nlink > 0
+                || ino == super::records::ROOT_INO
+                || in_use.contains(&ino)
+            {
+                continue;
+            }
+            let removed_at = self.index.last_name(ino)?.map_or(0, |(_, seq)| seq);
+            if snapshot_seqs.iter().any(|s| *s < removed_at) {
+                continue; // a snapshot taken while it had a name may show it
+            }
+            let horizon = self.retention_of(ino)?.horizon_secs() as i64;
+            let cutoff =
+                self.index.seq_at_time(Timestamp { secs: now.secs.saturating_sub(horizon), nanos: 0 })?;
+            if removed_at > cutoff {
+                continue;
+            }
+            ops.push(Op::DelInode { ino, xattrs: self.index.xattr_names(ino)? });
+            if ops.len() >= PRUNE_OPS_PER_RECORD {
+                self.mutate(std::mem::take(&mut ops))?;
+            }
+        }
+        if !ops.is_empty() {
+            self.mutate(ops)?;
+        }
+        Ok(())
+    }
+
+    /// Coarsens the time index where the root's policy no longer looks closely: every second
+    /// within keep-within (an hour if none), the last instant of each hour within the policy's
+    /// horizon, the last of each day beyond it.
+    fn thin_time_index(&self, now: Timestamp) -> StoreResult<()> {
+        let policy = self.retention_of(super::records::ROOT_INO)?;
+        let fine = policy.keep_within_secs.unwrap_or(3600) as i64;
+        let hourly = (policy.horizon_secs() as i64).max(fine);
+        let granularity = |secs: u64| -> u64 {
+            match now.secs.saturating_sub(secs as i64) {
+                age if age <= fine => 1,
+                age if age <= hourly => 3600,
+                _ => DAY_SECS as u64,
+            }
+        };
+        let secs = self.index.time_index_secs()?;
+        let mut drop = Vec::new();
+        for pair in secs.windows(2) {
+            let g = granularity(pair[0]);
+            if g > 1 && pair[0] / g == pair[1] / g {
+                drop.push(pair[0]); // a later instant of the same bucket stays
+            }
+        }
+        for batch in drop.chunks(PRUNE_OPS_PER_RECORD) {
+            self.mutate(vec![Op::ThinTimeIndex { secs: batch.to_vec() }])?;
+        }
+        Ok(())
+    }
+
     /// Drops the time-travel entries of names whose inode gc removed: an entry naming a gone
     /// inode becomes a gap ("no such name then"), or goes when the entry before it is a gap
     /// too (or there is none), so the history of a name shrinks with what it named.
@@ -575,15 +675,25 @@ impl Store {
         let mut previous: Option<(Ino, Vec<u8>, bool)> = None; // (parent, name, was a gap)
         let mut gone: HashMap<Ino, bool> = HashMap::new();
         for (parent, name, seq, target) in self.index.name_history()? {
+            let mut is_gone = |ino: Ino| -> StoreResult<bool> {
+                if let Some(d) = gone.get(&ino) {
+                    return Ok(*d);
+                }
+                let d = self.index.inode(ino)?.is_none();
+                gone.insert(ino, d);
+                Ok(d)
+            };
+            if is_gone(parent)? {
+                // The directory itself is gone: nothing can look up names in it any more.
+                ops.push(Op::PruneNameHistory { parent, name, seq, gap: false });
+                previous = None;
+                if ops.len() >= PRUNE_OPS_PER_RECORD {
+                    self.mutate(std::mem::take(&mut ops))?;
+                }
+                continue;
+            }
             let dead = match target {
-                Some((ino, _)) => match gone.get(&ino) {
-                    Some(d) => *d,
-                    None => {
-                        let d = self.index.inode(ino)?.is_none();
-                        gone.insert(ino, d);
-                        d
-                    }
-                },
+                Some((ino, _)) => is_gone(ino)?,
                 None => false,
             };
             let same_name = previous.as_ref().is_some_and(|(p, n, _)| *p == parent && *n == name);
@@ -740,7 +850,8 @@ impl Store {
     pub fn stats(&self) -> StoreResult<Stats> {
         let mut s = Stats::default();
         let mut live = HashSet::new();
-        for (ino, inode) in self.index.inodes()? {
+        for item in self.index.each_inode() {
+            let (ino, inode) = item?;
             let named_file = inode.kind == Kind::File && inode.nlink > 0;
             if named_file {
                 s.files += 1;
