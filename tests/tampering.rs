@@ -115,3 +115,30 @@ fn scrub_and_fsck_find_damage_and_repair_drops_only_what_is_lost() {
     assert_eq!(out.status.code(), Some(8), "{text}");
     assert!(text.starts_with("genfs: store /nonexistent/store: "), "{text}");
 }
+
+/// Issue 14: a deleted index directory costs nothing: the next mount rebuilds it from the
+/// index base and the journal, and `fsck --rebuild-index` rebuilds one on demand.
+#[test]
+fn a_deleted_index_is_rebuilt_at_mount_and_on_demand() {
+    let mut m = Mounted::new("rebuild-index");
+    for i in 0..3u8 {
+        write_file(&m.path("f"), &[i; 5000]).unwrap();
+    }
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::os::unix::fs::symlink("f", m.path("d/link")).unwrap();
+    xattr::set(m.path("f"), "user.kept", b"yes").unwrap();
+    let log = crate::util::getfattr(&m.path("f"), "user.genfs.log").unwrap();
+    m.unmount();
+    std::fs::remove_dir_all(m.store.join("index")).unwrap();
+    m.mount();
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), [2u8; 5000]);
+    assert_eq!(std::fs::read_link(m.path("d/link")).unwrap(), std::path::Path::new("f"));
+    assert_eq!(xattr::get(m.path("f"), "user.kept").unwrap().unwrap(), b"yes");
+    assert_eq!(crate::util::getfattr(&m.path("f"), "user.genfs.log").unwrap(), log);
+    m.unmount();
+    let (code, text) = fsck(&m, &["--rebuild-index"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("the old index is in") && text.contains("rebuilt the index"), "{text}");
+    m.mount();
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), [2u8; 5000]);
+}

@@ -204,6 +204,8 @@ struct GcReport {
     freed_bytes: Option<u64>,
     /// Dropped generations of files the caller may not see (not listed).
     hidden: u64,
+    /// Dropped generations the report had no room to list.
+    unlisted: u64,
     /// Generations dropped for space since the mount: (time, path, generation, size).
     space: Vec<(String, String, u64, u64)>,
     /// Older space drops, only counted.
@@ -229,6 +231,7 @@ fn parse_gc_report(text: &str) -> Result<GcReport, String> {
             [n, "freed_chunks"] => r.freed_chunks = Some(num(n)?),
             [n, "freed_bytes"] => r.freed_bytes = Some(num(n)?),
             [n, "hidden"] => r.hidden = num(n)?,
+            [n, "unlisted"] => r.unlisted = num(n)?,
             [n, "space_older"] => r.space_older = num(n)?,
             [size, gen, path] => r.dropped.push((path.to_string(), num(gen)?, num(size)?)),
             _ => return Err(bad()),
@@ -247,6 +250,9 @@ fn gc_text(r: &GcReport, dry_run: bool) -> String {
     let n = r.dropped.len();
     let plural = if n == 1 { "" } else { "s" };
     out += &format!("{verb} {n} generation{plural} ({} of file data)", human(total));
+    if r.unlisted > 0 {
+        out += &format!(", and {} more not listed", r.unlisted);
+    }
     if r.hidden > 0 {
         out += &format!(", and {} of files you may not read", r.hidden);
     }
@@ -420,6 +426,10 @@ mod tests {
         assert_eq!(
             parse_gc_report("tab\tin name\t2\t9\n").unwrap().dropped,
             vec![("tab\tin name".into(), 2, 9)]
+        );
+        let many = parse_gc_report("a\t1\t5\nunlisted\t9\nfreed_chunks\t1\nfreed_bytes\t5\n").unwrap();
+        assert!(
+            gc_text(&many, false).contains("dropped 1 generation (5 B of file data), and 9 more not listed")
         );
         let space = "freed_chunks\t0\nfreed_bytes\t0\nspace_older\t3\n\
                      space\t2026-12-04T02:00:00Z\tlog\tfile\t7\t2048\n";

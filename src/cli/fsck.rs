@@ -33,6 +33,11 @@ pub struct FsckArgs {
     /// Check chunk files by size only, without reading them (`genfs scrub` reads them all).
     #[arg(long)]
     quick: bool,
+    /// Rebuild the index from the index base and the journal (the old one is moved aside to
+    /// index.replaced-SECONDS, not deleted), then check. A lost or unreadable index is rebuilt
+    /// at open anyway; this is for one that opens but is wrong.
+    #[arg(long)]
+    rebuild_index: bool,
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +67,9 @@ fn open_unmounted(store: &Path) -> anyhow::Result<Store> {
     let path = std::fs::canonicalize(store).with_context(|| format!("store {}", store.display()))?;
     let opened = Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
     let r = &opened.recovery;
+    if let Some(why) = &r.rebuilt_index {
+        println!("{}: rebuilt the index from the index base and the journal: {why}", path.display());
+    }
     if r.replayed_records > 0 || r.truncated_journal_bytes > 0 {
         println!(
             "{}: recovery replayed {} journal records and cut {} torn bytes",
@@ -74,6 +82,13 @@ fn open_unmounted(store: &Path) -> anyhow::Result<Store> {
 }
 
 fn run_fsck(args: &FsckArgs) -> anyhow::Result<u8> {
+    if args.rebuild_index {
+        let path =
+            std::fs::canonicalize(&args.store).with_context(|| format!("store {}", args.store.display()))?;
+        let aside = crate::store::rebuild_index(&path)
+            .with_context(|| format!("cannot rebuild the index of {}", path.display()))?;
+        println!("{}: the old index is in {}", path.display(), aside.display());
+    }
     let store = open_unmounted(&args.store)?;
     let name = args.store.display();
     let opts = CheckOptions { chunk_hashes: !args.quick, chunk_dir_scan: true };

@@ -485,6 +485,12 @@ impl Daemon {
             tracing::warn!("{warning}");
         }
         let report = store.recovery.clone();
+        if let Some(why) = &report.rebuilt_index {
+            tracing::warn!(
+                "{}: rebuilt the index from the index base and the journal: {why}",
+                self.store.display()
+            );
+        }
         if report.replayed_records + report.skipped_records > 0 || report.truncated_journal_bytes > 0 {
             tracing::info!(
                 "recovered {}: replayed {} journal records ({} more were in the index already), \

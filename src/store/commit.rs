@@ -157,7 +157,7 @@ pub(crate) mod sabotage {
         pub(crate) static SKIP_JOURNAL_SYNC: Cell<bool> = const { Cell::new(false) };
         /// gc unlinks chunks before the records that dropped their references are durable.
         pub(crate) static SKIP_GC_JOURNAL_SYNC: Cell<bool> = const { Cell::new(false) };
-        /// A checkpoint records the index durable without fsyncing sled's files.
+        /// A checkpoint records the index durable without its durable commit.
         pub(crate) static SKIP_CHECKPOINT_INDEX_SYNC: Cell<bool> = const { Cell::new(false) };
         /// The close of a created file returns without syncing the journal.
         pub(crate) static SKIP_CREATED_SYNC: Cell<bool> = const { Cell::new(false) };

@@ -1495,8 +1495,9 @@ fn crash_exploration_long() {
     assert_clean("long exploration", &plan, &stats);
 }
 
-fn canary(sabotage: Sabotage) {
-    let plan = Plan {
+/// A short exploration of commit-heavy workloads under `sabotage`.
+fn sabotaged_plan(sabotage: Sabotage) -> Plan {
+    Plan {
         seed: base_seed(),
         workloads: 8,
         states: 4_000,
@@ -1504,7 +1505,11 @@ fn canary(sabotage: Sabotage) {
         opts: Options { ops: 30, sled_ahead: false, commit_heavy: true },
         sabotage,
         stop_at_violation: true,
-    };
+    }
+}
+
+fn canary(sabotage: Sabotage) {
+    let plan = sabotaged_plan(sabotage);
     let (stats, elapsed) = explore_many(&plan);
     report(&format!("canary {sabotage:?}"), &plan, &stats, elapsed);
     assert!(!stats.violations.is_empty(), "the simulator missed a commit protocol without {sabotage:?}");
@@ -1526,11 +1531,16 @@ fn canary_skipping_the_journal_fdatasync_is_caught() {
     canary(Sabotage::SkipJournalSync);
 }
 
-/// The checkpoint order: the index's files are fsynced before the checkpoint marker says
-/// replay may start above it.
+/// Checkpoints that never make the index durable (the marker says replay may start above
+/// records the index does not hold) lose nothing: every crash state's index is the empty one
+/// of the start, and open rebuilds it from the index base and the journal, which keeps every
+/// record after the base. With sled this was a violation the simulator had to catch.
 #[test]
-fn canary_a_checkpoint_that_skips_the_index_fsync_is_caught() {
-    canary(Sabotage::SkipCheckpointIndexSync);
+fn a_checkpoint_whose_index_commit_is_lost_is_survived() {
+    let plan = sabotaged_plan(Sabotage::SkipCheckpointIndexSync);
+    let (stats, elapsed) = explore_many(&plan);
+    report("index commit lost at checkpoints", &plan, &stats, elapsed);
+    assert_clean("index commit lost at checkpoints", &plan, &stats);
 }
 
 #[test]

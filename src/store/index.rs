@@ -46,11 +46,14 @@ pub struct DirEntry {
 }
 
 pub struct Index {
-    db: redb::Database,
+    /// Shared by every transaction; exclusive only for a compaction, which needs none open.
+    db: parking_lot::RwLock<redb::Database>,
 }
 
 /// Meta key (prefix `m`): the next inode number to hand out.
 const NEXT_INO_KEY: &[u8] = b"mnext_ino";
+/// Meta key: the checkpoint the index last made durable.
+const CHECKPOINT_KEY: &[u8] = b"mcheckpoint";
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -163,6 +166,10 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> StoreResult<T>
 /// An error of the index database: I/O as I/O, anything else as damage.
 fn db_err(context: &str, e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
+        // redb reports a file that is not one of its databases as invalid data.
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            StoreError::Corrupted(format!("index: {context}: {io}"))
+        }
         redb::Error::Io(io) => StoreError::io(format!("index: {context}"), io),
         other => StoreError::Corrupted(format!("index: {context}: {other}")),
     }
@@ -177,6 +184,9 @@ const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("genfs");
 const DB_FILE: &str = "genfs.redb";
 /// Log pages and time travel read generations newest first in batches of this many.
 const GENERATIONS_BATCH: usize = 32;
+/// The index file is compacted once it exceeds this many times its data, plus the slack.
+const COMPACT_ABOVE_FACTOR: u64 = 3;
+const COMPACT_SLACK_BYTES: u64 = 8 << 20;
 /// Whole-index walks read inodes in batches of this many.
 const INODES_BATCH: usize = 1024;
 
@@ -233,7 +243,7 @@ impl Index {
             .set_cache_size(index_cache_bytes())
             .create(&file)
             .map_err(|e| db_err(&format!("open {}", file.display()), e))?;
-        let index = Index { db };
+        let index = Index { db: parking_lot::RwLock::new(db) };
         // The table exists from the start, so readers never meet a missing one.
         index.write(Durability::Immediate, |_| Ok(()))?;
         Ok(index)
@@ -245,7 +255,8 @@ impl Index {
         durability: Durability,
         f: impl FnOnce(&mut Table) -> StoreResult<()>,
     ) -> StoreResult<()> {
-        let mut tx = self.db.begin_write().map_err(|e| db_err("begin write", e))?;
+        let db = self.db.read();
+        let mut tx = db.begin_write().map_err(|e| db_err("begin write", e))?;
         tx.set_durability(durability).map_err(|e| db_err("set durability", e))?;
         if matches!(durability, Durability::Immediate) {
             // The allocator state is saved with durable commits: reopening after a crash needs
@@ -261,7 +272,8 @@ impl Index {
 
     /// Runs `f` on a consistent read-only view.
     fn read<T>(&self, f: impl FnOnce(&ReadTable) -> StoreResult<T>) -> StoreResult<T> {
-        let tx = self.db.begin_read().map_err(|e| db_err("begin read", e))?;
+        let db = self.db.read();
+        let tx = db.begin_read().map_err(|e| db_err("begin read", e))?;
         let table = tx.open_table(TABLE).map_err(|e| db_err("open table", e))?;
         f(&table)
     }
@@ -299,6 +311,19 @@ impl Index {
     /// directory too).
     pub fn flush(&self) -> StoreResult<()> {
         self.write(Durability::Immediate, |_| Ok(()))
+    }
+
+    /// The checkpoint's durable commit: with it the index records that it holds every record
+    /// through `seq`. If a crash ever left the index behind the journal's checkpoint marker,
+    /// open replays from this number instead (see `Store::open_with_io`).
+    pub fn flush_checkpoint(&self, seq: u64) -> StoreResult<()> {
+        self.write(Durability::Immediate, |t| put(t, CHECKPOINT_KEY, &seq.to_le_bytes()))
+    }
+
+    /// The sequence number of the last checkpoint the index itself made durable (None: made
+    /// by a build that did not record it).
+    pub fn checkpoint_seq(&self) -> StoreResult<Option<u64>> {
+        self.get(CHECKPOINT_KEY)?.map(|v| le_u64(&v, "checkpoint")).transpose()
     }
 
     pub fn apply(&self, record: &Record) -> StoreResult<()> {
@@ -664,6 +689,58 @@ impl Index {
         Ok((count(b'i')?, count(b'g')?, count(b'r')?))
     }
 
+    /// Every entry in key order, from one consistent view (the index base is written so).
+    pub fn each_entry(&self, mut f: impl FnMut(&[u8], &[u8]) -> StoreResult<()>) -> StoreResult<()> {
+        self.read(|t| {
+            for item in t.iter().map_err(|e| db_err("scan", e))? {
+                let (k, v) = item.map_err(|e| db_err("scan", e))?;
+                f(k.value(), v.value())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes entries as they come, in transactions of many (an index being rebuilt).
+    pub fn load(&self, entries: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>) -> StoreResult<()> {
+        loop {
+            let mut any = false;
+            self.write(Durability::None, |t| {
+                for (k, v) in entries.take(10_000) {
+                    put(t, &k, &v)?;
+                    any = true;
+                }
+                Ok(())
+            })?;
+            if !any {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Shrinks the index file when it has grown well past its data (freed pages are reused,
+    /// but the file keeps its high-water mark): churn would otherwise leave it many times the
+    /// size of what it holds. Blocks every index access meanwhile; the compaction commits
+    /// durably, which is as safe as a checkpoint (the index may be ahead of the journal).
+    pub fn compact_if_bloated(&self, path: &Path) -> StoreResult<bool> {
+        let (live, file) = self.sizes(path)?;
+        if file <= COMPACT_ABOVE_FACTOR * live + COMPACT_SLACK_BYTES {
+            return Ok(false);
+        }
+        let mut db = self.db.write();
+        for _ in 0..4 {
+            if !db.compact(redb::CompactionMode::Balanced).map_err(|e| db_err("compact", e))? {
+                break;
+            }
+        }
+        drop(db);
+        let (_, after) = self.sizes(path)?;
+        tracing::info!(
+            "{}: index compacted from {file} to {after} bytes ({live} bytes of data)",
+            path.display()
+        );
+        Ok(true)
+    }
+
     /// (bytes of keys and values, bytes of the index file): how far the file is from its data.
     pub fn sizes(&self, path: &Path) -> StoreResult<(u64, u64)> {
         let live = self.read(|t| {
@@ -826,21 +903,18 @@ fn migrate_sled_index(dir: &Path, file: &Path) -> StoreResult<()> {
         .set_cache_size(index_cache_bytes())
         .create(&tmp)
         .map_err(|e| db_err(&format!("create {}", tmp.display()), e))?;
-    let new = Index { db };
-    let mut items = tree.iter();
-    loop {
-        let mut done = true;
-        new.write(Durability::None, |t| {
-            for item in items.by_ref().take(10_000) {
-                let (k, v) = item.map_err(|e| sled_err("read", e))?;
-                put(t, &k, &v)?;
-                done = false;
-            }
-            Ok(())
-        })?;
-        if done {
-            break;
+    let new = Index { db: parking_lot::RwLock::new(db) };
+    let mut failed = None;
+    let mut items = tree.iter().map_while(|item| match item {
+        Ok((k, v)) => Some((k.to_vec(), v.to_vec())),
+        Err(e) => {
+            failed = Some(e);
+            None
         }
+    });
+    new.load(&mut items)?;
+    if let Some(e) = failed {
+        return Err(sled_err("read", e));
     }
     new.flush()?;
     drop(new);

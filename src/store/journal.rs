@@ -59,6 +59,9 @@ pub struct Journal {
     /// What `ABANDONED_FILE` holds.
     abandoned: Mutex<BTreeSet<u64>>,
     failed: AtomicBool,
+    /// The index base's sequence number: records after it stay, checkpointed or not, so the
+    /// index can be rebuilt (u64::MAX: no base, records go once a checkpoint covers them).
+    base_seq: AtomicU64,
 }
 
 /// What opening the journal found: records to replay and where the index checkpoint was.
@@ -88,12 +91,24 @@ pub fn encode_frame(record: &Record) -> StoreResult<Vec<u8>> {
     Ok(frame)
 }
 
-/// Decodes frames from `buf`; returns each record with the offset just past it, and the
-/// length of the valid prefix. A torn or unwritten tail (short, zero length, bad checksum)
-/// ends it; a frame whose checksum holds but whose record does not decode is damage, not a
-/// torn write, and an error: cutting there would drop every record after it.
+/// Every record of `buf` with the offset just past it, and the length of the valid prefix.
+#[cfg(test)]
 fn decode_frames(buf: &[u8]) -> StoreResult<(Vec<(Record, usize)>, usize)> {
     let mut records = Vec::new();
+    let valid = each_frame(buf, |r, end| {
+        records.push((r, end));
+        Ok(true)
+    })?;
+    Ok((records, valid))
+}
+
+/// Decodes the frames of `buf` one at a time, handing each record and the offset after it to
+/// `each` until it returns false; returns where the valid frames end. A torn or unwritten tail
+/// (short, zero length, bad checksum) ends them; a frame whose checksum holds but whose record
+/// does not decode is damage, not a torn write, and an error: cutting there would drop every
+/// record after it. A record is decoded, used and dropped in turn: reading a segment costs one
+/// record's memory, not the segment's.
+fn each_frame(buf: &[u8], mut each: impl FnMut(Record, usize) -> StoreResult<bool>) -> StoreResult<usize> {
     let mut pos = 0;
     while pos + FRAME_HEADER_BYTES <= buf.len() {
         let len = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
@@ -107,12 +122,16 @@ fn decode_frames(buf: &[u8]) -> StoreResult<(Vec<(Record, usize)>, usize)> {
             break;
         }
         match postcard::from_bytes::<Record>(payload) {
-            Ok(r) => records.push((r, start + len)),
+            Ok(r) => {
+                if !each(r, start + len)? {
+                    return Ok(pos);
+                }
+            }
             Err(e) => return Err(StoreError::Corrupted(format!("journal frame at byte {pos}: {e}"))),
         }
         pos = start + len;
     }
-    Ok((records, pos))
+    Ok(pos)
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -146,29 +165,35 @@ impl Journal {
         let mut cut: Option<(usize, u64)> = None;
         for (i, seg) in segments.iter().enumerate() {
             let buf = std::fs::read(&seg.path).map_err(io_err(format!("read {}", seg.path.display())))?;
-            let (recs, mut valid) = decode_frames(&buf)
-                .map_err(|e| StoreError::Corrupted(format!("{}: {e}", seg.path.display())))?;
             let mut start_of_record = 0;
-            for (r, end) in recs {
+            let mut past_valid_through = false;
+            let frames_end = each_frame(&buf, |r, end| {
                 // Gaps are allowed only below the checkpoint (after damage there, numbering
                 // resumed above it).
                 if r.seq != next_seq && !(r.seq > next_seq && r.seq <= checkpoint_seq + 1) {
                     return Err(StoreError::Corrupted(format!(
-                        "journal {}: expected record {next_seq}, found {}",
-                        seg.path.display(),
+                        "expected record {next_seq}, found {}",
                         r.seq
                     )));
                 }
                 if r.seq > valid_through {
-                    valid = start_of_record;
-                    break;
+                    past_valid_through = true;
+                    return Ok(false);
                 }
                 next_seq = r.seq + 1;
                 if r.seq > checkpoint_seq && !abandoned.contains(&r.seq) {
                     records.push(r);
                 }
                 start_of_record = end;
-            }
+                Ok(true)
+            })
+            .map_err(|e| match e {
+                StoreError::Corrupted(what) => {
+                    StoreError::Corrupted(format!("journal {}: {what}", seg.path.display()))
+                }
+                other => other,
+            })?;
+            let valid = if past_valid_through { start_of_record } else { frames_end };
             if valid < buf.len() {
                 truncated_bytes += (buf.len() - valid) as u64;
                 cut = Some((i, valid as u64));
@@ -214,6 +239,7 @@ impl Journal {
             segment_bytes_target: AtomicU64::new(SEGMENT_BYTES_TARGET),
             abandoned: Mutex::new(abandoned),
             failed: AtomicBool::new(false),
+            base_seq: AtomicU64::new(super::base::seq(dir)?.unwrap_or(u64::MAX)),
         };
         Ok((journal, Replay { checkpoint_seq, records, truncated_bytes }))
     }
@@ -389,6 +415,19 @@ impl Journal {
                 abandoned.clear();
             }
         }
+        self.trim(seq)
+    }
+
+    /// A new index base holds every record through `seq`: the ones before it may go.
+    pub fn set_base(&self, seq: u64) -> StoreResult<()> {
+        self.base_seq.store(seq, Ordering::SeqCst);
+        self.trim(read_marker(&self.dir.join(CHECKPOINT_FILE))?.unwrap_or(0))
+    }
+
+    /// Removes the segments that hold only records at or below both `checkpointed` and the
+    /// index base.
+    fn trim(&self, checkpointed: u64) -> StoreResult<()> {
+        let seq = checkpointed.min(self.base_seq.load(Ordering::SeqCst));
         let doomed: Vec<PathBuf> = {
             let mut st = self.state.lock();
             let mut doomed = Vec::new();
@@ -405,6 +444,48 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// Hands every record after `after` in the journal at `dir` to `each`, in order, up to a torn
+/// tail or a gap (what rebuilding the index replays on top of the base). Returns the last
+/// sequence number handed over.
+pub fn replay_after(
+    dir: &Path,
+    after: u64,
+    mut each: impl FnMut(Record) -> StoreResult<()>,
+) -> StoreResult<u64> {
+    let abandoned: BTreeSet<u64> =
+        read_seqs(&dir.join(ABANDONED_FILE))?.unwrap_or_default().into_iter().collect();
+    let mut last = after;
+    let segments = list_segments(dir)?;
+    if segments.first().is_none_or(|s| s.start_seq > after + 1) {
+        return Err(StoreError::Corrupted(format!(
+            "the journal in {} no longer holds the records after {after}",
+            dir.display()
+        )));
+    }
+    for seg in segments {
+        let buf = std::fs::read(&seg.path).map_err(io_err(format!("read {}", seg.path.display())))?;
+        let mut gap = false;
+        let end = each_frame(&buf, |r, _| {
+            if r.seq <= last {
+                return Ok(true);
+            }
+            if r.seq != last + 1 {
+                gap = true;
+                return Ok(false);
+            }
+            last = r.seq;
+            if !abandoned.contains(&r.seq) {
+                each(r)?;
+            }
+            Ok(true)
+        })?;
+        if gap || end < buf.len() {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 /// What [`Journal::verify`] found on disk.
@@ -455,8 +536,38 @@ impl Journal {
         let mut expected: Option<u64> = None;
         for (i, seg) in st.segments.iter().enumerate() {
             let buf = std::fs::read(&seg.path).map_err(io_err(format!("read {}", seg.path.display())))?;
-            let (records, valid) = match decode_frames(&buf) {
-                Ok(decoded) => decoded,
+            // Records are checked as they are decoded; their problems are noted after the
+            // walk, in the order found.
+            let mut found = Vec::new();
+            let mut first = true;
+            let checkpoint_seq = check.checkpoint_seq;
+            let decoded = each_frame(&buf, |r, _| {
+                if first && r.seq < seg.start_seq {
+                    found.push(format!(
+                        "journal {}: first record {} below its name",
+                        seg.path.display(),
+                        r.seq
+                    ));
+                }
+                first = false;
+                let in_order = match expected {
+                    None => true,
+                    Some(e) => r.seq == e || (r.seq > e && r.seq <= checkpoint_seq + 1),
+                };
+                if !in_order {
+                    found.push(format!(
+                        "journal {}: record {} follows {:?}",
+                        seg.path.display(),
+                        r.seq,
+                        expected.map(|e| e - 1)
+                    ));
+                }
+                expected = Some(r.seq + 1);
+                check.records += 1;
+                Ok(true)
+            });
+            let valid = match decoded {
+                Ok(valid) => valid,
                 Err(e) => {
                     problem(&mut check, format!("journal {}: {e}", seg.path.display()));
                     continue;
@@ -479,29 +590,8 @@ impl Journal {
                 );
                 problem(&mut check, p);
             }
-            if let Some((first, _)) = records.first() {
-                if first.seq < seg.start_seq {
-                    let p =
-                        format!("journal {}: first record {} below its name", seg.path.display(), first.seq);
-                    problem(&mut check, p);
-                }
-            }
-            for (r, _) in records {
-                let in_order = match expected {
-                    None => true,
-                    Some(e) => r.seq == e || (r.seq > e && r.seq <= check.checkpoint_seq + 1),
-                };
-                if !in_order {
-                    let p = format!(
-                        "journal {}: record {} follows {:?}",
-                        seg.path.display(),
-                        r.seq,
-                        expected.map(|e| e - 1)
-                    );
-                    problem(&mut check, p);
-                }
-                expected = Some(r.seq + 1);
-                check.records += 1;
+            for p in found {
+                problem(&mut check, p);
             }
         }
         if let Some(e) = expected {

@@ -18,6 +18,7 @@ macro_rules! invariant {
     };
 }
 
+mod base;
 pub mod chunks;
 mod commit;
 pub mod config;
@@ -101,6 +102,8 @@ pub struct RecoveryReport {
     pub skipped_records: usize,
     pub truncated_journal_bytes: u64,
     pub removed_staging_files: usize,
+    /// Why the index was rebuilt from the index base and the journal, if it was.
+    pub rebuilt_index: Option<String>,
 }
 
 pub struct Store {
@@ -209,13 +212,51 @@ impl Store {
         let mut config = StoreConfig::load(path)?;
         let lock_file = take_lock(path)?;
         let removed_staging_files = clear_dir(&path.join("staging"))?;
-        let index = Index::open(&path.join("index"))?;
+        let index_dir = path.join("index");
+        let journal_dir = path.join("journal");
+        let mut rebuilt_index = None;
+        let index = match Index::open(&index_dir) {
+            Ok(index) => index,
+            Err(StoreError::Corrupted(why)) if can_rebuild_index(&journal_dir)? => {
+                let moved = move_index_aside(path)?;
+                rebuilt_index =
+                    Some(format!("it could not be read ({why}); the damaged copy is in {}", moved.display()));
+                Index::open(&index_dir)?
+            }
+            Err(e) => return Err(e),
+        };
         if config.format < config::FORMAT_VERSION {
             // Format 1 differs only in its index, which `Index::open` has just moved.
             config.format = config::FORMAT_VERSION;
             write_config(io.as_ref(), path, &config)?;
         }
-        let (journal, replay) = Journal::open(&path.join("journal"), io.clone())?;
+        let (journal, replay) = Journal::open(&journal_dir, io.clone())?;
+        let behind = index.checkpoint_seq()?.filter(|&seq| seq < replay.checkpoint_seq);
+        if let Some(seq) = behind {
+            // The index is older than the checkpoint said (its durable commit was lost): the
+            // records between are still in the journal, which keeps all after the base.
+            tracing::warn!(
+                "{}: the index holds the records through {seq} only, the journal's checkpoint is                  at {}: replaying from {seq}",
+                path.display(),
+                replay.checkpoint_seq
+            );
+            journal::replay_after(&journal_dir, seq, |record| match index.is_applied(record.seq)? {
+                true => Ok(()),
+                false if record.seq <= replay.checkpoint_seq => index.apply(&record),
+                false => Ok(()), // replayed below with the rest
+            })?;
+        }
+        // No root although a checkpoint covered its record: the index was lost or replaced.
+        let lost = index.inode(ROOT_INO)?.is_none() && replay.checkpoint_seq > 0;
+        if rebuilt_index.is_some() || (lost && can_rebuild_index(&journal_dir)?) {
+            let why = rebuilt_index.take().unwrap_or_else(|| "it had lost the root directory".into());
+            tracing::warn!(
+                "{}: rebuilding the index from the index base and the journal: {why}",
+                path.display()
+            );
+            rebuild_index_into(&index, &journal_dir)?;
+            rebuilt_index = Some(why);
+        }
         // sled may have written records to disk before the journal made them durable: a record
         // the index holds is skipped, never applied again over what came after it.
         let mut replayed_records = 0;
@@ -266,11 +307,17 @@ impl Store {
                 skipped_records,
                 truncated_journal_bytes: replay.truncated_bytes,
                 removed_staging_files,
+                rebuilt_index,
             },
             _lock_file: lock_file,
         };
-        if replayed_records > 0 || index_ahead.is_some() {
+        let repaired = behind.is_some() || store.recovery.rebuilt_index.is_some();
+        if replayed_records > 0 || index_ahead.is_some() || repaired {
             store.checkpoint()?;
+        }
+        if base::seq(&journal_dir)?.is_none() {
+            // Without a base the index could not be rebuilt once the journal is trimmed.
+            store.write_index_base()?;
         }
         Ok(store)
     }
@@ -377,13 +424,14 @@ impl Store {
         let watermark = self.journal.applied_watermark();
         // The index must never be durable ahead of the journal it is replayed from.
         self.journal.sync_to(watermark)?;
-        self.index
-            .flush()
-            .and_then(|_| match commit::sabotage::skip_checkpoint_index_sync() {
-                true => Ok(()),
-                false => sync_tree(self.io.as_ref(), &self.root.join("index")),
-            })
-            .map_err(|e| self.index_failure(e))?;
+        // The index's durable commit, then the directory's sync (which is also where the crash
+        // simulator takes its image of the index).
+        if !commit::sabotage::skip_checkpoint_index_sync() {
+            self.index
+                .flush_checkpoint(watermark)
+                .and_then(|_| sync_tree(self.io.as_ref(), &self.root.join("index")))
+                .map_err(|e| self.index_failure(e))?;
+        }
         self.journal.checkpoint(watermark)?;
         self.checkpointed_seq.store(watermark, Ordering::SeqCst);
         // Replay starts above the watermark now: the marks below it are not needed any more.
@@ -901,6 +949,76 @@ fn clear_dir(dir: &Path) -> StoreResult<usize> {
 }
 
 /// fsyncs every file and directory below `dir` (sled's files at a checkpoint).
+impl Store {
+    /// Writes a new index base (a copy of the index as of the last checkpoint) and lets the
+    /// journal drop what it covers. Costs one pass over the index; gc calls it.
+    pub fn write_index_base(&self) -> StoreResult<()> {
+        let journal_dir = self.root.join("journal");
+        let seq = self.checkpointed_seq.load(Ordering::SeqCst);
+        let mut writer = base::BaseWriter::create(self.io.as_ref(), &journal_dir, seq)?;
+        self.index.each_entry(|k, v| writer.entry(k, v))?;
+        writer.finish()?;
+        self.journal.set_base(seq)
+    }
+}
+
+/// Whether a lost index can be rebuilt: from the base and the records after it, or from a
+/// journal that still starts at the first record.
+fn can_rebuild_index(journal_dir: &Path) -> StoreResult<bool> {
+    if base::seq(journal_dir)?.is_some() {
+        return Ok(true);
+    }
+    let first = std::fs::read_dir(journal_dir)
+        .map_err(io_err(format!("read {}", journal_dir.display())))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse::<u64>().ok())
+        .min();
+    Ok(first == Some(1))
+}
+
+/// Loads the base (if any) into an empty index and applies every journal record after it
+/// that the index does not hold yet.
+fn rebuild_index_into(index: &Index, journal_dir: &Path) -> StoreResult<()> {
+    let mut entries = Vec::new();
+    let after = match base::seq(journal_dir)? {
+        Some(_) => base::read(journal_dir, |k, v| {
+            entries.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?,
+        None => 0,
+    };
+    index.load(&mut entries.into_iter())?;
+    journal::replay_after(journal_dir, after, |record| match index.is_applied(record.seq)? {
+        true => Ok(()),
+        false => index.apply(&record),
+    })?;
+    index.flush()
+}
+
+/// Moves `index/` to `index.replaced-SECONDS` and leaves an empty one; returns where it went.
+fn move_index_aside(path: &Path) -> StoreResult<PathBuf> {
+    let secs = Timestamp::now().secs;
+    let aside = path.join(format!("index.replaced-{secs}"));
+    std::fs::rename(path.join("index"), &aside)
+        .map_err(io_err(format!("rename {}", path.join("index").display())))?;
+    std::fs::create_dir(path.join("index"))
+        .map_err(io_err(format!("create {}", path.join("index").display())))?;
+    Ok(aside)
+}
+
+/// `genfs fsck --rebuild-index`: moves the index aside (kept, not deleted) so that the next
+/// open rebuilds it; refuses when nothing could rebuild it. Returns where the old one went.
+pub fn rebuild_index(path: &Path) -> StoreResult<PathBuf> {
+    StoreConfig::load(path)?;
+    let _lock = take_lock(path)?;
+    if !can_rebuild_index(&path.join("journal"))? {
+        return Err(StoreError::IndexLost(format!(
+            "{}: there is no index base and the journal no longer starts at its first record, so              the index cannot be rebuilt; it was left as it is",
+            path.display()
+        )));
+    }
+    move_index_aside(path)
+}
+
 /// Replaces `genfs.toml` atomically (written aside, synced, renamed, directory synced).
 fn write_config(io: &dyn StoreIo, path: &Path, config: &StoreConfig) -> StoreResult<()> {
     let tmp = path.join("genfs.toml.tmp");

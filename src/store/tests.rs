@@ -1439,19 +1439,82 @@ fn a_store_in_use_cannot_be_opened_twice() {
 // 8. Config and mkfs
 // ---------------------------------------------------------------------------------------------
 
+/// Issue 14: a deleted index is rebuilt at open from the index base and the journal after it;
+/// so is one that cannot be read (moved aside, not deleted).
 #[test]
-fn a_lost_index_says_what_can_be_done_instead_of_sending_to_fsck() {
+fn a_lost_or_unreadable_index_is_rebuilt_from_the_base_and_the_journal() {
     let (_tmp, path, store) = new_store(4096);
     let ino = create_file(&store, ROOT_INO, "f");
     write_and_commit(&store, ino, 0, b"kept in chunks");
+    store.snapshot_create(b"snap").unwrap();
+    store.gc(&HashSet::new(), false).unwrap(); // writes a new base
+    write_and_commit(&store, ino, 0, b"after the base");
+    mkdir(&store, ROOT_INO, "d");
+    store.set_xattr(ino, b"user.note", b"v", super::XattrMode::Any).unwrap();
+    store.checkpoint().unwrap();
+    let before = describe(&store);
+    let log_before: Vec<u64> = store.log(ino).unwrap().iter().map(|e| e.gen).collect();
+    drop(store);
+    std::fs::remove_dir_all(path.join("index")).unwrap();
+    let store = Store::open(&path).unwrap();
+    assert!(store.recovery.rebuilt_index.is_some());
+    assert_eq!(describe(&store), before);
+    assert_eq!(store.log(ino).unwrap().iter().map(|e| e.gen).collect::<Vec<_>>(), log_before);
+    assert_eq!(store.snapshots().unwrap().len(), 1);
+    assert_consistent(&store);
+    assert!(store.check().unwrap().problems.is_empty());
+    drop(store);
+    std::fs::write(path.join("index/genfs.redb"), b"not an index at all").unwrap();
+    let store = Store::open(&path).unwrap();
+    let why = store.recovery.rebuilt_index.clone().unwrap();
+    assert!(why.contains("could not be read") && why.contains("index.replaced-"), "{why}");
+    assert_eq!(describe(&store), before);
+}
+
+/// An index older than the journal's checkpoint (its durable commit was lost) is brought up
+/// to date from the records the journal kept, not trusted as it is.
+#[test]
+fn an_index_behind_the_checkpoint_is_replayed_from_its_own() {
+    let (tmp, path, store) = new_store(4096);
+    let ino = create_file(&store, ROOT_INO, "f");
+    write_and_commit(&store, ino, 0, b"one");
+    store.checkpoint().unwrap();
+    let saved = tmp.path().join("saved-index");
+    copy_dir(&path.join("index"), &saved);
+    write_and_commit(&store, ino, 0, b"two");
+    mkdir(&store, ROOT_INO, "later");
+    store.checkpoint().unwrap();
+    let before = describe(&store);
+    drop(store);
+    std::fs::remove_dir_all(path.join("index")).unwrap();
+    copy_dir(&saved, &path.join("index"));
+    let store = Store::open(&path).unwrap();
+    assert_eq!(describe(&store), before);
+    assert_eq!(content(&store, ino), b"two");
+}
+
+/// Without a base and with the journal trimmed, nothing can rebuild the index: the message
+/// says what can be done instead of sending the user to fsck.
+#[test]
+fn a_lost_index_that_cannot_be_rebuilt_says_what_can_be_done() {
+    let (_tmp, path, store) = new_store(4096);
+    store.journal.set_segment_bytes_target(256);
+    let ino = create_file(&store, ROOT_INO, "f");
+    for i in 0..20 {
+        write_and_commit(&store, ino, 0, format!("kept in chunks {i}").as_bytes());
+    }
+    store.gc(&HashSet::new(), false).unwrap(); // a base far along lets the journal be trimmed
     store.checkpoint().unwrap();
     drop(store);
+    std::fs::remove_file(path.join("journal").join(super::base::BASE_FILE)).unwrap();
     std::fs::remove_dir_all(path.join("index")).unwrap();
     let err = open_err(&path);
     let message = err.to_string();
     assert!(matches!(err, StoreError::IndexLost(_)), "{message}");
     assert!(message.contains("cannot rebuild") && message.contains("chunks"), "{message}");
     assert!(!message.contains("fsck"), "{message}");
+    assert!(super::rebuild_index(&path).is_err(), "rebuild_index must refuse, and move nothing");
+    assert!(path.join("index").exists());
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub struct Stats {
     pub history_bytes: u64,
     pub chunks: u64,
     pub snapshots: u64,
+    /// The index's keys and values, and the size of its file.
+    pub index_live_bytes: u64,
+    pub index_file_bytes: u64,
 }
 
 /// Cap on the space old generations may take.
@@ -538,6 +541,9 @@ impl Store {
         report.freed_bytes = bytes;
         if !dry_run {
             self.sync()?;
+            self.index.compact_if_bloated(&self.root.join("index"))?;
+            self.checkpoint()?;
+            self.write_index_base()?;
         }
         Ok(report)
     }
@@ -875,6 +881,7 @@ impl Store {
         }
         s.history_bytes = s.stored_bytes - s.live_bytes;
         s.snapshots = self.index.snapshots()?.len() as u64;
+        (s.index_live_bytes, s.index_file_bytes) = self.index.sizes(&self.root.join("index"))?;
         Ok(s)
     }
 }

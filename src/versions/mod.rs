@@ -28,6 +28,8 @@ pub const GC: &[u8] = b"user.genfs.gc";
 pub const FREE_FLOOR: &[u8] = b"user.genfs.free-floor";
 /// Space drops a gc report lists (the newest); the daemon's log has every one.
 const SPACE_DROPS_LISTED_MAX: usize = 256;
+/// Room for the drops a gc report lists; what follows (totals, space drops) fits in the rest.
+const GC_LISTING_BYTES_MAX: usize = 24 << 10;
 /// On a view's file or directory: `MODE UID GID` as it was, write bits included (the view
 /// itself shows none), so `restore --tree` can bring back what the view cannot show.
 pub const MODE: &[u8] = b"user.genfs.mode";
@@ -104,7 +106,7 @@ pub fn snapshots_text(snaps: &[(Vec<u8>, Snapshot)]) -> Vec<u8> {
 /// `user.genfs.stats`; `gc_would_free`: what a gc now would free, in bytes.
 pub fn stats_text(s: &Stats, space: &SpaceStatus, gc_would_free: u64) -> Vec<u8> {
     let mut out = String::new();
-    let rows: [(&str, String); 14] = [
+    let rows: [(&str, String); 16] = [
         ("files", s.files.to_string()),
         ("generations", s.generations.to_string()),
         ("logical_bytes", s.logical_bytes.to_string()),
@@ -119,6 +121,8 @@ pub fn stats_text(s: &Stats, space: &SpaceStatus, gc_would_free: u64) -> Vec<u8>
         ("free_floor", space.floor.to_string()),
         ("free_floor_bytes", space.floor_bytes.to_string()),
         ("reserve_bytes", space.reserve_bytes.to_string()),
+        ("index_live_bytes", s.index_live_bytes.to_string()),
+        ("index_file_bytes", s.index_file_bytes.to_string()),
     ];
     for (k, v) in rows {
         let _ = writeln!(out, "{k}\t{v}");
@@ -145,8 +149,18 @@ pub fn gc_text(
     name_of: impl Fn(Ino) -> String,
 ) -> Vec<u8> {
     let mut out = String::new();
+    // The value must fit in an attribute: the first drops are listed, the rest counted.
+    let mut unlisted = 0;
     for (ino, gen, size) in &r.dropped {
-        let _ = writeln!(out, "{}\t{gen}\t{size}", name_of(*ino));
+        let line = format!("{}\t{gen}\t{size}\n", name_of(*ino));
+        if out.len() + line.len() > GC_LISTING_BYTES_MAX {
+            unlisted += 1;
+            continue;
+        }
+        out += &line;
+    }
+    if unlisted > 0 {
+        let _ = writeln!(out, "unlisted\t{unlisted}");
     }
     if hidden > 0 {
         let _ = writeln!(out, "hidden\t{hidden}");
@@ -205,5 +219,22 @@ mod tests {
         let page = String::from_utf8(log_page(7, short).unwrap()).unwrap();
         assert_eq!(page.lines().count(), 3);
         assert!(!page.contains("#more"));
+    }
+
+    /// A gc that dropped thousands of generations still answers within an attribute's limit
+    /// (it once failed with E2BIG), listing what fits and counting the rest.
+    #[test]
+    fn a_gc_report_fits_in_an_attribute() {
+        let r =
+            GcReport { dropped: (0..20_000).map(|i| (i, 1, 200)).collect(), freed_chunks: 3, freed_bytes: 4 };
+        let space: Vec<SpaceDropLine> = (0..1000)
+            .map(|i| SpaceDropLine { time: 0, path: format!("dir/file{i}"), gen: 1, size: 9 })
+            .collect();
+        let name = |ino: Ino| format!("some/rather/long/path/to/file-number-{ino}");
+        let text = String::from_utf8(gc_text(&r, 5, &space, name)).unwrap();
+        assert!(text.len() <= VALUE_BYTES_MAX, "{} bytes", text.len());
+        let listed = text.lines().filter(|l| l.starts_with("some/")).count();
+        assert!(text.contains(&format!("unlisted\t{}\n", 20_000 - listed)), "{listed} listed");
+        assert!(text.contains("freed_bytes\t4\n") && text.contains("space_older\t744\n"));
     }
 }
