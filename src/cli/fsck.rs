@@ -1,6 +1,6 @@
 //! `genfs fsck` and `genfs scrub`: check an unmounted store ([`Store::check_with`],
 //! [`Store::verify_chunk`]) and, with `--repair`, drop what damage made unrecoverable
-//! ([`Store::repair`]).
+//! ([`Store::repair`]) and set the namespace right ([`Store::repair_namespace`]).
 //!
 //! Exit codes (as e2fsck's, where they overlap): 0 clean, 1 damage found and repaired,
 //! 2 damage left, 8 the check could not run (the store is mounted, missing, unreadable).
@@ -27,7 +27,9 @@ pub struct FsckArgs {
     /// The store (unmounted).
     store: PathBuf,
     /// Drop the generations that need a damaged chunk (a file whose current generation is one
-    /// of them gets its newest intact generation back); every affected file is listed.
+    /// of them gets its newest intact generation back), then set right the namespace and the
+    /// reference counts (dangling entries dropped, orphans moved to /lost+found, link and
+    /// reference counts recounted); every change is listed.
     #[arg(long)]
     repair: bool,
     /// Check chunk files by size only, without reading them (`genfs scrub` reads them all).
@@ -143,6 +145,10 @@ fn run_fsck(args: &FsckArgs) -> anyhow::Result<u8> {
         }
     }
     println!("removed {} damaged chunk files", repaired.removed_chunks);
+    let namespace = store.repair_namespace().with_context(|| format!("cannot repair {name}"))?;
+    for change in &namespace.changes {
+        println!("repaired: {change}");
+    }
     let after = store.check_with(opts).with_context(|| format!("cannot check {name} again"))?;
     if after.is_clean() {
         println!("{name}: repaired, clean now");

@@ -866,6 +866,9 @@ fn apply_op(t: &mut Table, record: &Record, op: &Op) -> StoreResult<()> {
         Op::DelXattr { ino, name } => {
             take(t, &xattr_key(*ino, name))?;
         }
+        Op::SetChunkRefs { hash, count, len } => {
+            put(t, &ref_key(hash), &ref_value(*count, *len))?;
+        }
         Op::ThinTimeIndex { secs } => {
             for s in secs {
                 take(t, &key(b't', &[&s.to_be_bytes()]))?;

@@ -28,6 +28,7 @@ pub mod index;
 pub mod io;
 pub mod journal;
 pub mod records;
+mod repair;
 mod space;
 mod versions;
 
@@ -40,6 +41,7 @@ use io::StoreIo;
 use journal::Journal;
 use parking_lot::{Mutex, MutexGuard};
 use records::{Ino, Inode, Kind, Manifest, Op, Record, Timestamp, ROOT_INO};
+pub use repair::NamespaceRepair;
 pub use space::{FreeFloor, SpaceStatus};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;

@@ -208,6 +208,13 @@ pub enum Op {
     ThinTimeIndex {
         secs: Vec<u64>,
     },
+    /// fsck --repair: the chunk's reference count as recounted from the manifests. New in
+    /// store format 2.
+    SetChunkRefs {
+        hash: Hash,
+        count: u64,
+        len: u32,
+    },
 }
 
 /// A journal record: one atomic, ordered change of the store.

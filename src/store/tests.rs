@@ -1733,3 +1733,62 @@ fn gc_removes_deleted_directories_symlinks_and_old_instants() {
     let report = store.check().unwrap();
     assert!(report.problems.is_empty(), "fsck: {:?}", report.problems);
 }
+
+/// Issue 14: fsck --repair sets right each kind of namespace and reference-count damage, made
+/// on purpose one per kind, and keeps every committed generation it can prove.
+#[test]
+fn namespace_repair_fixes_each_kind_of_damage_and_keeps_the_generations() {
+    let (_tmp, _path, store) = new_store(CS);
+    let kept = create_file(&store, ROOT_INO, "kept");
+    write_and_commit(&store, kept, 0, b"one");
+    write_and_commit(&store, kept, 0, b"two");
+    let orphan = create_file(&store, ROOT_INO, "orphan");
+    write_and_commit(&store, orphan, 0, b"orphaned data");
+    let counted = create_file(&store, ROOT_INO, "counted");
+    write_and_commit(&store, counted, 0, b"counted data");
+    let reverted = create_file(&store, ROOT_INO, "reverted");
+    write_and_commit(&store, reverted, 0, b"older");
+    let current = write_and_commit(&store, reverted, 0, b"newer");
+    assert_consistent(&store);
+    // Damage, one of each kind, written as records so that only the index's meaning is wrong.
+    let mut root = store.inode(ROOT_INO).unwrap();
+    let cookie = root.next_cookie;
+    root.next_cookie += 1;
+    let chunk = store.current_generation(counted).unwrap().1.chunks.values().next().copied().unwrap();
+    let mut wrong_links = store.inode(kept).unwrap();
+    wrong_links.nlink = 5;
+    store
+        .mutate(vec![
+            Op::PutInode { ino: ROOT_INO, inode: root },
+            Op::PutDirent {
+                parent: ROOT_INO,
+                name: b"ghost".to_vec(),
+                ino: 999_999,
+                kind: Kind::File,
+                cookie,
+            },
+            Op::PutInode { ino: kept, inode: wrong_links },
+            Op::DelDirent { parent: ROOT_INO, name: b"orphan".to_vec() },
+            Op::SetChunkRefs { hash: chunk.hash, count: 7, len: chunk.len },
+            Op::DelGeneration { ino: reverted, gen: current },
+        ])
+        .unwrap();
+    let problems = store.check().unwrap().problems;
+    assert!(problems.len() >= 5, "{problems:?}");
+    let log_kept: Vec<u64> = store.log(kept).unwrap().iter().map(|e| e.gen).collect();
+    let repair = store.repair_namespace().unwrap();
+    assert!(repair.changes.len() >= 5, "{:?}", repair.changes);
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "after repair: {:?}\nchanges: {:?}", report.problems, repair.changes);
+    assert_consistent(&store);
+    assert!(store.lookup(ROOT_INO, b"ghost").is_err());
+    assert_eq!(store.inode(kept).unwrap().nlink, 1);
+    assert_eq!(store.log(kept).unwrap().iter().map(|e| e.gen).collect::<Vec<_>>(), log_kept);
+    assert_eq!(content(&store, kept), b"two");
+    let lost = lookup(&store, ROOT_INO, "lost+found");
+    assert_eq!(lookup(&store, lost, &format!("#{orphan}")), orphan);
+    assert_eq!(content(&store, orphan), b"orphaned data");
+    assert_eq!(store.index.chunk_refs(&chunk.hash).unwrap(), 1);
+    assert_eq!(content(&store, reverted), b"older", "the newest kept generation is current again");
+    assert_eq!(content(&store, counted), b"counted data");
+}
