@@ -67,6 +67,12 @@ pub struct Sizes {
     pub scale_stages: Vec<usize>,
     /// W8: commits timed at each stage.
     pub commit_samples: usize,
+    /// W10: the file edited in place 100 times.
+    pub space_edit_file_bytes: u64,
+    /// W10: how long the index churn runs.
+    pub churn_secs: f64,
+    /// W10: generations gc goes through.
+    pub gc_generations: usize,
 }
 
 impl Sizes {
@@ -86,6 +92,9 @@ impl Sizes {
                 view_log_generations: 2_000,
                 scale_stages: vec![1000, 5000, 10_000],
                 commit_samples: 30,
+                space_edit_file_bytes: 32 << 20,
+                churn_secs: 15.0,
+                gc_generations: 10_000,
             },
             Preset::Medium => Sizes {
                 big_file_bytes: 256 << 20,
@@ -101,6 +110,9 @@ impl Sizes {
                 view_log_generations: 20_000,
                 scale_stages: vec![1000, 100_000, 300_000],
                 commit_samples: 200,
+                space_edit_file_bytes: 256 << 20,
+                churn_secs: 60.0,
+                gc_generations: 100_000,
             },
             Preset::Full => Sizes {
                 big_file_bytes: 1 << 30,
@@ -116,6 +128,9 @@ impl Sizes {
                 view_log_generations: 100_000,
                 scale_stages: vec![1000, 100_000, 1_000_000],
                 commit_samples: 300,
+                space_edit_file_bytes: 256 << 20,
+                churn_secs: 300.0,
+                gc_generations: 1_000_000,
             },
         }
     }

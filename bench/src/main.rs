@@ -1,4 +1,4 @@
-//! genfs-bench: the side-by-side benchmark of issue 5. Runs W1–W9 (W9: issue 12) against a native directory,
+//! genfs-bench: the side-by-side benchmark of issue 5. Runs W1–W10 (W9: issue 12, W10: issue 14) against a native directory,
 //! `bindfs -o big_writes`, `fuse-overlayfs` and genfs, all on the disk that holds `--dir`,
 //! interleaved run by run; prints a markdown table with medians and the genfs ratios, judges the
 //! targets of the issue, and writes `results.md` and `results.json`.
@@ -9,6 +9,7 @@
 mod checks;
 mod config;
 mod report;
+mod space;
 mod targets;
 mod util;
 mod versions;
@@ -144,6 +145,11 @@ fn workloads(
             m.unmount()?;
         }
     }
+    if opts.wants("W10") {
+        timed("W10 space: history costs, index churn, gc, full disk", &mut |r| {
+            space::w10_space(genfs, scratch, sizes, r)
+        })?;
+    }
     if opts.wants("W8") || opts.wants("W7") {
         let name = format!("W8 (and W7 snapshots): a store grown through {:?} files", sizes.scale_stages);
         timed(&name, &mut |r| {
@@ -221,7 +227,7 @@ fn cleanup(scratch: &Path) -> anyhow::Result<()> {
     let dirs: Vec<PathBuf> = Kind::ALL
         .iter()
         .map(|k| scratch.join(k.name()))
-        .chain(["genfs-scale", "w6-source", "w6-source.tar"].iter().map(|d| scratch.join(d)))
+        .chain(["genfs-scale", "genfs-space", "w6-source", "w6-source.tar"].iter().map(|d| scratch.join(d)))
         .collect();
     for d in dirs {
         if d.is_dir() {

@@ -16,6 +16,7 @@ mod handles;
 mod listings;
 mod locks;
 pub mod nodes;
+mod small_map;
 mod space;
 mod version_xattrs;
 mod view_ops;

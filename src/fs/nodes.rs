@@ -32,10 +32,11 @@
 //! Kernel contract: every entry reply adds one lookup; FORGET subtracts; a node is dropped when
 //! it has no lookups and no open handles (the kernel has then evicted its inode).
 
+use super::small_map::SmallMap;
 use crate::store::records::{Ino, Manifest};
 use crate::store::{StoreError, StoreResult};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,9 +113,9 @@ impl Node {
 /// The nodes of one file.
 #[derive(Default)]
 struct FileNodes {
-    nodes: BTreeMap<u32, Node>,
+    nodes: SmallMap<u32, Node>,
     /// The public reader node of each generation looked up.
-    current: HashMap<u64, u32>,
+    current: SmallMap<u64, u32>,
     /// The writer node, while it lives.
     writer: Option<u32>,
 }
@@ -261,11 +262,13 @@ impl Nodes {
         let (ino, slot) = slot_of(nodeid);
         let mut inner = self.inner.lock();
         let file = inner.files.entry(ino).or_default();
-        match file.nodes.entry(slot) {
-            std::collections::btree_map::Entry::Occupied(mut node) => node.get_mut().lookups += 1,
-            std::collections::btree_map::Entry::Vacant(free) => {
-                free.insert(Node::new(gen, manifest()?));
-                file.current.entry(gen).or_insert(slot);
+        match file.nodes.get_mut(&slot) {
+            Some(node) => node.lookups += 1,
+            None => {
+                file.nodes.insert(slot, Node::new(gen, manifest()?));
+                if !file.current.contains_key(&gen) {
+                    file.current.insert(gen, slot);
+                }
             }
         }
         Ok(nodeid)

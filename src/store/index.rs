@@ -538,7 +538,63 @@ impl Index {
         }
     }
 
-    /// Every name-history entry, each name's entries together and in order.
+    /// Up to `limit` name-history entries after key `after` (from the first if None), with
+    /// their keys.
+    fn name_history_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, NameHistoryEntry)>> {
+        let end = [b'h' + 1];
+        let start = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(&b"h"[..]),
+        };
+        self.read(|t| {
+            let mut out = Vec::new();
+            for item in
+                t.range((start, Bound::Excluded(&end[..]))).map_err(|e| db_err("history", e))?.take(limit)
+            {
+                let (k, v) = item.map_err(|e| db_err("history", e))?;
+                let (parent, name, seq) = parse_history_key(k.value())?;
+                out.push((k.value().to_vec(), (parent, name, seq, decode(v.value(), "history")?)));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every name-history entry, each name's entries together and in order, read a batch at
+    /// a time (gc walks them all in flat memory, and may change them between batches).
+    pub fn each_name_history(&self) -> impl Iterator<Item = StoreResult<NameHistoryEntry>> + '_ {
+        let mut after: Option<Vec<u8>> = None;
+        let mut done = false;
+        let mut batch: std::vec::IntoIter<(Vec<u8>, NameHistoryEntry)> = Vec::new().into_iter();
+        std::iter::from_fn(move || loop {
+            if let Some((k, entry)) = batch.next() {
+                after = Some(k);
+                return Some(Ok(entry));
+            }
+            if done {
+                return None;
+            }
+            match self.name_history_after(after.as_deref(), INODES_BATCH) {
+                Ok(found) => {
+                    done = found.len() < INODES_BATCH;
+                    if found.is_empty() {
+                        return None;
+                    }
+                    batch = found.into_iter();
+                }
+                Err(e) => {
+                    done = true;
+                    return Some(Err(e));
+                }
+            }
+        })
+    }
+
+    /// Every name-history entry, each name's entries together and in order (tests).
+    #[cfg(test)]
     pub fn name_history(&self) -> StoreResult<Vec<NameHistoryEntry>> {
         let mut out = Vec::new();
         self.scan_prefix(b"h", |k, v| {

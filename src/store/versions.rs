@@ -680,7 +680,8 @@ impl Store {
         let mut ops = Vec::new();
         let mut previous: Option<(Ino, Vec<u8>, bool)> = None; // (parent, name, was a gap)
         let mut gone: HashMap<Ino, bool> = HashMap::new();
-        for (parent, name, seq, target) in self.index.name_history()? {
+        for entry in self.index.each_name_history() {
+            let (parent, name, seq, target) = entry?;
             let mut is_gone = |ino: Ino| -> StoreResult<bool> {
                 if let Some(d) = gone.get(&ino) {
                     return Ok(*d);
