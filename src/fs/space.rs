@@ -11,8 +11,13 @@ use std::time::{Duration, Instant};
 /// Space drops remembered for the gc report (older ones are only in the daemon's log).
 const SPACE_LOG_ENTRIES_MAX: usize = 10_000;
 /// After a thinning that found nothing, a write's next one waits this long; the background's.
-const FRUITLESS_PAUSE_WRITE: Duration = Duration::from_secs(1);
+/// A delete, a commit or any other record may have unprotected history (files deleted on a
+/// full disk must free space at once), but not on every write while commits go on: a scan
+/// reads the whole index. Nothing recorded since: wait 60 times longer (a reader's close or
+/// time passing can still unprotect some).
+const FRUITLESS_PAUSE_WRITE: Duration = Duration::from_millis(100);
 const FRUITLESS_PAUSE_BACKGROUND: Duration = Duration::from_secs(10);
+const FRUITLESS_PAUSE_UNCHANGED: u32 = 60;
 
 /// One generation dropped for space.
 #[derive(Debug, Clone)]
@@ -53,12 +58,9 @@ impl Core {
         let space = self.store.space_status()?;
         let need = space.shortfall(extra);
         let seq = self.store.last_seq();
-        // Unchanged, the journal still says little: a reader's close or time passing can
-        // unprotect history too, so even then the scan comes back, more slowly.
-        let futile =
-            self.thinning.fruitless.lock().is_some_and(|(at, when)| {
-                when.elapsed() < pause || (at == seq && when.elapsed() < pause * 6)
-            });
+        let futile = self.thinning.fruitless.lock().is_some_and(|(at, when)| {
+            when.elapsed() < pause || (at == seq && when.elapsed() < pause * FRUITLESS_PAUSE_UNCHANGED)
+        });
         if need == 0 || futile {
             return Ok(());
         }

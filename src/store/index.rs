@@ -186,7 +186,7 @@ const DB_FILE: &str = "genfs.redb";
 const GENERATIONS_BATCH: usize = 32;
 /// The index file is compacted once it exceeds this many times its data, plus the slack.
 const COMPACT_ABOVE_FACTOR: u64 = 3;
-const COMPACT_SLACK_BYTES: u64 = 8 << 20;
+const COMPACT_SLACK_BYTES: u64 = 1 << 20;
 /// Whole-index walks read inodes in batches of this many.
 const INODES_BATCH: usize = 1024;
 
