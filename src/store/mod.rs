@@ -693,8 +693,9 @@ impl Store {
                         d_inode.nlink = 0;
                     } else {
                         d_inode.nlink = d_inode.nlink.saturating_sub(1);
-                        if src_inode.kind == Kind::File && d_inode.kind == Kind::File {
-                            // Save by rename keeps one history.
+                        // Save by rename keeps one history; a file that keeps another name
+                        // (a hard link) is not replaced, and keeps its own.
+                        if src_inode.kind == Kind::File && d_inode.kind == Kind::File && d_inode.nlink == 0 {
                             ops.extend(self.adopt_history(src, &mut src_inode, d, &d_inode)?);
                         }
                     }
@@ -951,7 +952,25 @@ fn clear_dir(dir: &Path) -> StoreResult<usize> {
 }
 
 /// fsyncs every file and directory below `dir` (sled's files at a checkpoint).
+/// A new index base is written by gc once the journal holds this many records after the old
+/// one, or the old one is this old: each costs a pass over the index and its size in writes
+/// (about 250 MB at a million files), while the journal must keep what came after it.
+const BASE_RECORDS_MAX: u64 = 100_000;
+const BASE_AGE_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Store {
+    /// Whether gc should write a new index base (see [`BASE_RECORDS_MAX`]).
+    pub(crate) fn index_base_due(&self) -> StoreResult<bool> {
+        let journal_dir = self.root.join("journal");
+        let Some(seq) = base::seq(&journal_dir)? else { return Ok(true) };
+        let age = std::fs::metadata(base::path(&journal_dir))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(BASE_AGE_MAX);
+        Ok(self.journal.last_seq().saturating_sub(seq) >= BASE_RECORDS_MAX || age >= BASE_AGE_MAX)
+    }
+
     /// Writes a new index base (a copy of the index as of the last checkpoint) and lets the
     /// journal drop what it covers. Costs one pass over the index; gc calls it.
     pub fn write_index_base(&self) -> StoreResult<()> {

@@ -217,7 +217,7 @@ impl Store {
             self.drop_generations(drops)?;
             let inode = self.inode(*ino)?;
             if inode.nlink == 0 || inode.history.is_some() {
-                self.prune_history_chain(*ino, &in_use)?;
+                self.prune_history_chain(*ino, &in_use, &snapshot_seqs)?;
             }
         }
         if !chosen.is_empty() {

@@ -528,7 +528,7 @@ impl Store {
             }
             self.drop_generations(&drops)?;
             if inode.nlink == 0 || inode.history.is_some() {
-                self.prune_history_chain(ino, &in_use)?;
+                self.prune_history_chain(ino, &in_use, &snapshot_seqs)?;
             }
         }
         if !dry_run {
@@ -542,8 +542,10 @@ impl Store {
         if !dry_run {
             self.sync()?;
             self.index.compact_if_bloated(&self.root.join("index"))?;
-            self.checkpoint()?;
-            self.write_index_base()?;
+            if self.index_base_due()? {
+                self.checkpoint()?;
+                self.write_index_base()?;
+            }
         }
         Ok(report)
     }
@@ -576,17 +578,26 @@ impl Store {
     /// After gc: removes the inodes at the old end of `ino`'s history chain that no longer
     /// hold a generation (and `ino` itself once it has neither a name nor a generation), so
     /// that deleted and replaced files do not stay in the index for ever.
-    /// `in_use`: inodes open or held by the kernel.
-    pub(super) fn prune_history_chain(&self, ino: Ino, in_use: &HashSet<Ino>) -> StoreResult<()> {
+    /// `in_use`: inodes open or held by the kernel. An inode a snapshot may show (it lost its
+    /// last name after the snapshot) stays even without a generation: an empty file has none.
+    pub(super) fn prune_history_chain(
+        &self,
+        ino: Ino,
+        in_use: &HashSet<Ino>,
+        snapshot_seqs: &[u64],
+    ) -> StoreResult<()> {
         let chain = self.history_chain(ino)?;
         let _locks = self.lock_inodes(&chain);
         if self.history_chain(ino)? != chain {
             return Ok(()); // renamed meanwhile: the next gc will see the new chain
         }
-        let named = self.inode(ino)?.nlink > 0;
         let mut alive = Vec::with_capacity(chain.len());
-        for (k, i) in chain.iter().enumerate() {
-            alive.push((k == 0 && named) || in_use.contains(i) || !self.index.generations(*i)?.is_empty());
+        for i in &chain {
+            // A predecessor that still has a name (stores of earlier builds adopted the history
+            // of hard-linked files) is a file of its own: never removed here.
+            let named = self.inode(*i)?.nlink > 0;
+            let kept = named || in_use.contains(i) || !self.index.generations(*i)?.is_empty();
+            alive.push(kept || self.a_snapshot_may_show(*i, snapshot_seqs)?);
         }
         let ends_at = alive.iter().rposition(|a| *a);
         let first_dead = ends_at.map_or(0, |k| k + 1);
@@ -603,6 +614,21 @@ impl Store {
             ops.push(Op::DelInode { ino: *dead, xattrs: self.index.xattr_names(*dead)? });
         }
         self.mutate(ops).map(|_| ())
+    }
+
+    /// Whether a snapshot was taken while `ino`, which has no name now, had one: before it
+    /// lost its last name (recorded when it happened; if not recorded, no snapshot is assumed
+    /// to show it) and not before it was created (by its birth time, with a margin for the
+    /// clock, erring towards keeping).
+    fn a_snapshot_may_show(&self, ino: Ino, snapshot_seqs: &[u64]) -> StoreResult<bool> {
+        const CLOCK_MARGIN_NANOS: i128 = 10_000_000;
+        if snapshot_seqs.is_empty() {
+            return Ok(false);
+        }
+        let nanos = |t: Timestamp| i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos);
+        let removed_at = self.index.last_name(ino)?.map_or(0, |(_, seq)| seq);
+        let born = nanos(self.inode(ino)?.crtime) - CLOCK_MARGIN_NANOS;
+        Ok(self.index.snapshots()?.iter().any(|(_, s)| s.seq < removed_at && nanos(s.time) >= born))
     }
 
     /// Removes directories, symbolic links and special files that lost their last name longer
@@ -624,10 +650,10 @@ impl Store {
             {
                 continue;
             }
-            let removed_at = self.index.last_name(ino)?.map_or(0, |(_, seq)| seq);
-            if snapshot_seqs.iter().any(|s| *s < removed_at) {
-                continue; // a snapshot taken while it had a name may show it
+            if self.a_snapshot_may_show(ino, snapshot_seqs)? {
+                continue;
             }
+            let removed_at = self.index.last_name(ino)?.map_or(0, |(_, seq)| seq);
             let horizon = self.retention_of(ino)?.horizon_secs() as i64;
             let cutoff =
                 self.index.seq_at_time(Timestamp { secs: now.secs.saturating_sub(horizon), nanos: 0 })?;
@@ -746,8 +772,17 @@ impl Store {
             }
         }
         let mut must: BTreeSet<usize> = BTreeSet::new();
+        // The current generation of every inode of the chain that has a name: the file's own,
+        // and a predecessor's that is still a file of its own (see `prune_history_chain`).
+        let mut current_of: HashMap<Ino, Option<u64>> = HashMap::new();
+        for e in &log {
+            if let std::collections::hash_map::Entry::Vacant(slot) = current_of.entry(e.owner) {
+                let owner = if e.owner == ino { inode.clone() } else { self.inode(e.owner)? };
+                slot.insert((owner.nlink > 0).then_some(owner.gen));
+            }
+        }
         for (i, e) in log.iter().enumerate() {
-            let current = e.owner == ino && e.gen == inode.gen && inode.nlink > 0;
+            let current = current_of.get(&e.owner).copied().flatten() == Some(e.gen);
             let until = named_until.get(&e.owner).copied().unwrap_or(u64::MAX);
             let in_snapshot = snapshot_seqs.iter().any(|s| {
                 e.manifest.seq <= *s
