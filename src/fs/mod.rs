@@ -83,6 +83,8 @@ pub struct Core {
     /// exclusively by gc: an open either pins the generation or sees it gone.
     gc_fence: parking_lot::RwLock<()>,
     thinning: space::Thinning,
+    /// The last `user.genfs.stats` text: (journal sequence number, when, text).
+    stats_cache: parking_lot::Mutex<Option<(u64, std::time::Instant, Vec<u8>)>>,
 }
 
 pub struct GenFs {
@@ -136,6 +138,7 @@ impl GenFs {
             last_gc: parking_lot::Mutex::new(None),
             gc_fence: parking_lot::RwLock::new(()),
             thinning: Default::default(),
+            stats_cache: Default::default(),
         });
         let mut threads = Vec::new();
         let jobs = spawn_workers(&core, "genfs-commit", COMMIT_WORKERS, &mut threads);
@@ -1446,6 +1449,10 @@ impl Filesystem for GenFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 == ROOT_INO && name.as_bytes() == crate::versions::STATS {
+            // A walk of the whole index: on a worker, not on a thread that serves requests.
+            return self.submit(move |c| reply_xattr(reply, size, c.cached_stats_text()));
+        }
         reply_xattr(reply, size, self.core.xattr_get(ino.0, name.as_bytes(), req));
     }
 

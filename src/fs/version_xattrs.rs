@@ -29,7 +29,7 @@ impl Core {
             v::SNAPSHOTS if root => Ok(v::snapshots_text(&self.store.snapshots()?)),
             v::SEQ if root => Ok(self.store.last_seq().to_string().into_bytes()),
             v::DURABLE_SEQ if root => Ok(self.store.durable_seq().to_string().into_bytes()),
-            v::STATS if root => self.stats_text(),
+            v::STATS if root => self.cached_stats_text(),
             v::FREE_FLOOR if root => Ok(self.store.free_floor()?.to_string().into_bytes()),
             v::GC if root => self.gc_report_for(req),
             n if file && n.starts_with(v::LOG_BEFORE) => {
@@ -51,6 +51,22 @@ impl Core {
         super::return_free_memory();
         *self.last_gc.lock() = Some(report?);
         Ok(())
+    }
+
+    /// `user.genfs.stats`, computed again only when something changed or it is a few seconds
+    /// old: it walks the whole index (26 s at a million files), and `getfattr` asks twice,
+    /// for the size and then the value.
+    pub(super) fn cached_stats_text(&self) -> StoreResult<Vec<u8>> {
+        const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+        let seq = self.store.last_seq();
+        if let Some((at, when, text)) = &*self.stats_cache.lock() {
+            if *at == seq && when.elapsed() < FRESH_FOR {
+                return Ok(text.clone());
+            }
+        }
+        let text = self.stats_text()?;
+        *self.stats_cache.lock() = Some((seq, std::time::Instant::now(), text.clone()));
+        Ok(text)
     }
 
     /// `user.genfs.stats`: the store's counts, its space, and what a gc now would free.
