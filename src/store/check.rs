@@ -192,12 +192,7 @@ impl Store {
         }
         for (&ino, inode) in inodes {
             let n = names.get(&ino).map_or(0, Vec::len) as u32;
-            let expected = match inode.kind {
-                Kind::Dir if ino == ROOT_INO => 2 + subdirs.get(&ino).copied().unwrap_or(0),
-                Kind::Dir if n == 0 => 0,
-                Kind::Dir => 2 + subdirs.get(&ino).copied().unwrap_or(0),
-                _ => n,
-            };
+            let expected = expected_nlink(ino, inode.kind, n, subdirs.get(&ino).copied().unwrap_or(0));
             if inode.nlink != expected {
                 r.problems.push(format!(
                     "inode {ino} ({:?}): nlink {}, expected {expected}",
@@ -468,6 +463,16 @@ impl Store {
         report.removed_chunks = freed.0;
         self.sync()?;
         Ok(report)
+    }
+}
+
+/// The link count the names say an inode has: a directory 2 plus its subdirectories (0 once
+/// removed; the root has no name), anything else its number of names.
+pub(super) fn expected_nlink(ino: Ino, kind: Kind, names: u32, subdirs: u32) -> u32 {
+    match kind {
+        Kind::Dir if ino != ROOT_INO && names == 0 => 0,
+        Kind::Dir => 2 + subdirs,
+        _ => names,
     }
 }
 

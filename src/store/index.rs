@@ -483,30 +483,13 @@ impl Index {
         ino: Ino,
         before: Option<u64>,
     ) -> impl Iterator<Item = StoreResult<(u64, Manifest)>> + '_ {
-        let mut bound = Some(before.unwrap_or(u64::MAX));
-        let mut batch: std::vec::IntoIter<(u64, Manifest)> = Vec::new().into_iter();
-        std::iter::from_fn(move || loop {
-            if let Some(item) = batch.next() {
-                return Some(Ok(item));
-            }
-            let below = bound?;
-            match self.generations_below(ino, below, GENERATIONS_BATCH) {
-                Ok(found) => {
-                    bound = match found.last() {
-                        Some((gen, _)) if found.len() == GENERATIONS_BATCH => Some(*gen),
-                        _ => None,
-                    };
-                    if found.is_empty() {
-                        return None;
-                    }
-                    batch = found.into_iter();
-                }
-                Err(e) => {
-                    bound = None;
-                    return Some(Err(e));
-                }
-            }
-        })
+        let below = before.unwrap_or(u64::MAX);
+        paged(
+            below,
+            GENERATIONS_BATCH,
+            move |&b| self.generations_below(ino, b, GENERATIONS_BATCH),
+            |(gen, _)| Some(*gen),
+        )
     }
 
     pub fn chunk_refs(&self, hash: &Hash) -> StoreResult<u64> {
@@ -566,43 +549,15 @@ impl Index {
     /// Every name-history entry, each name's entries together and in order, read a batch at
     /// a time (gc walks them all in flat memory, and may change them between batches).
     pub fn each_name_history(&self) -> impl Iterator<Item = StoreResult<NameHistoryEntry>> + '_ {
-        let mut after: Option<Vec<u8>> = None;
-        let mut done = false;
-        let mut batch: std::vec::IntoIter<(Vec<u8>, NameHistoryEntry)> = Vec::new().into_iter();
-        std::iter::from_fn(move || loop {
-            if let Some((k, entry)) = batch.next() {
-                after = Some(k);
-                return Some(Ok(entry));
-            }
-            if done {
-                return None;
-            }
-            match self.name_history_after(after.as_deref(), INODES_BATCH) {
-                Ok(found) => {
-                    done = found.len() < INODES_BATCH;
-                    if found.is_empty() {
-                        return None;
-                    }
-                    batch = found.into_iter();
-                }
-                Err(e) => {
-                    done = true;
-                    return Some(Err(e));
-                }
-            }
-        })
+        let first: Option<Vec<u8>> = None;
+        let fetch = move |after: &Option<Vec<u8>>| self.name_history_after(after.as_deref(), INODES_BATCH);
+        paged(first, INODES_BATCH, fetch, |(k, _)| Some(Some(k.clone()))).map(|item| item.map(|(_, e)| e))
     }
 
     /// Every name-history entry, each name's entries together and in order (tests).
     #[cfg(test)]
     pub fn name_history(&self) -> StoreResult<Vec<NameHistoryEntry>> {
-        let mut out = Vec::new();
-        self.scan_prefix(b"h", |k, v| {
-            let (parent, name, seq) = parse_history_key(k)?;
-            out.push((parent, name, seq, decode(v, "history")?));
-            Ok(true)
-        })?;
-        Ok(out)
+        self.each_name_history().collect()
     }
 
     /// The entries of `parent` as of `seq`, sorted by (name length, name).
@@ -674,29 +629,12 @@ impl Index {
     /// Every inode in number order, read a batch at a time: gc and statistics walk the whole
     /// index in flat memory, and no read transaction stays open across their writes.
     pub fn each_inode(&self) -> impl Iterator<Item = StoreResult<(Ino, Inode)>> + '_ {
-        let mut next = Some(0);
-        let mut batch: std::vec::IntoIter<(Ino, Inode)> = Vec::new().into_iter();
-        std::iter::from_fn(move || loop {
-            if let Some(item) = batch.next() {
-                return Some(Ok(item));
-            }
-            match self.inodes_from(next?, INODES_BATCH) {
-                Ok(found) => {
-                    next = match found.last() {
-                        Some((ino, _)) if found.len() == INODES_BATCH => ino.checked_add(1),
-                        _ => None,
-                    };
-                    if found.is_empty() {
-                        return None;
-                    }
-                    batch = found.into_iter();
-                }
-                Err(e) => {
-                    next = None;
-                    return Some(Err(e));
-                }
-            }
-        })
+        paged(
+            0,
+            INODES_BATCH,
+            move |&from| self.inodes_from(from, INODES_BATCH),
+            |(ino, _)| ino.checked_add(1),
+        )
     }
 
     /// Every inode at once (fsck, which holds the whole tree anyway).
@@ -808,6 +746,38 @@ impl Index {
             std::fs::metadata(&file).map_err(|e| StoreError::io(format!("stat {}", file.display()), e))?;
         Ok((live, on_disk.len()))
     }
+}
+
+/// Items read a batch at a time: `fetch(cursor)` gives up to `limit` of them from `cursor` on,
+/// `cursor_after(item)` where the next batch starts after the last one. A short batch, or an
+/// error (handed out once), ends it. Each batch is its own read: no transaction stays open
+/// while the caller works, writes included.
+fn paged<C, T>(
+    start: C,
+    limit: usize,
+    mut fetch: impl FnMut(&C) -> StoreResult<Vec<T>>,
+    cursor_after: impl Fn(&T) -> Option<C>,
+) -> impl Iterator<Item = StoreResult<T>> {
+    let mut cursor = Some(start);
+    let mut batch: std::vec::IntoIter<T> = Vec::new().into_iter();
+    std::iter::from_fn(move || loop {
+        if let Some(item) = batch.next() {
+            return Some(Ok(item));
+        }
+        let at = cursor.take()?;
+        match fetch(&at) {
+            Ok(found) => {
+                if found.len() == limit {
+                    cursor = found.last().and_then(&cursor_after);
+                }
+                if found.is_empty() {
+                    return None;
+                }
+                batch = found.into_iter();
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    })
 }
 
 fn get_in(t: &Table, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {

@@ -171,11 +171,8 @@ impl Store {
         }
         for (&ino, inode) in &inodes {
             let names = self.index.names_of(ino)?.len() as u32;
-            let expected = match inode.kind {
-                Kind::Dir if ino != ROOT_INO && names == 0 => 0,
-                Kind::Dir => 2 + subdirs.get(&ino).copied().unwrap_or(0),
-                _ => names,
-            };
+            let expected =
+                super::check::expected_nlink(ino, inode.kind, names, subdirs.get(&ino).copied().unwrap_or(0));
             if inode.nlink != expected {
                 let _lock = self.lock_inodes(&[ino]);
                 let mut fixed = self.inode(ino)?;

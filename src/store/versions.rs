@@ -486,10 +486,7 @@ impl Store {
     /// checked first. Of the two attributes, the one that narrows the policy's reach is written
     /// first, so a crash between them never widens it.
     pub fn set_retention(&self, ino: Ino, text: Option<&str>, setter: u32) -> StoreResult<()> {
-        let remove = |name: &[u8]| match self.remove_xattr(ino, name) {
-            Err(StoreError::NoAttribute) => Ok(()),
-            other => other,
-        };
+        let remove = |name: &[u8]| self.discard_xattr(ino, name);
         let Some(t) = text else {
             remove(RETENTION_XATTR)?;
             return remove(RETENTION_SETTER_XATTR);
