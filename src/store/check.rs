@@ -295,6 +295,17 @@ impl Store {
                             c.len, m.size
                         ));
                     }
+                }
+                for (idx, pieces) in &m.pieces {
+                    if let Some(why) = misfit_pieces(pieces, idx.saturating_mul(cs), cs, m.size) {
+                        r.problems.push(format!("file {ino} generation {gen}: slot {idx}: {why}"));
+                    }
+                    if m.chunks.contains_key(idx) {
+                        r.problems
+                            .push(format!("file {ino} generation {gen}: slot {idx} is whole and pieces"));
+                    }
+                }
+                for c in m.chunk_refs() {
                     let entry = refs.entry(c.hash).or_insert((0, c.len));
                     entry.0 += 1;
                     if entry.1 != c.len {
@@ -477,7 +488,7 @@ pub(super) fn expected_nlink(ino: Ino, kind: Kind, names: u32, subdirs: u32) -> 
 }
 
 fn uses_any(m: &Manifest, chunks: &HashSet<Hash>) -> bool {
-    m.chunks.values().any(|c| chunks.contains(&c.hash))
+    m.chunk_refs().any(|c| chunks.contains(&c.hash))
 }
 
 fn parse_hash(name: &str) -> Option<Hash> {
@@ -496,4 +507,25 @@ fn parse_hash_prefix(name: &str) -> Option<u8> {
         return None;
     }
     u8::from_str_radix(name, 16).ok()
+}
+
+/// What is wrong with a slot's pieces (at byte `start` of a file of `size`), if anything:
+/// they must be sorted, disjoint, non-empty, inside the slot and the file, and inside their
+/// chunks.
+fn misfit_pieces(pieces: &[super::records::Piece], start: u64, cs: u64, size: u64) -> Option<String> {
+    let mut end_of_last = 0u64;
+    if pieces.is_empty() {
+        return Some("no pieces".into());
+    }
+    for p in pieces {
+        let (at, end) = (p.at as u64, p.at as u64 + p.len as u64);
+        if p.len == 0 || at < end_of_last || end > cs || start + end > size {
+            return Some(format!("piece of {} bytes at {at} does not fit after {end_of_last}", p.len));
+        }
+        if p.within as u64 + p.len as u64 > p.chunk.len as u64 {
+            return Some(format!("piece at {at} reads past its chunk of {} bytes", p.chunk.len));
+        }
+        end_of_last = end;
+    }
+    None
 }

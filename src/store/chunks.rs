@@ -12,7 +12,7 @@
 
 use super::error::{StoreError, StoreResult};
 use super::io::StoreIo;
-use super::records::{ChunkId, Hash, Manifest};
+use super::records::{ChunkId, Hash, Manifest, Piece, SlotContent};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
@@ -203,6 +203,26 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Copies a slot's bytes from `within` into `dst`, which holds zeros: holes stay zeros.
+    pub fn read_slot(&self, content: &SlotContent, within: u64, dst: &mut [u8]) -> StoreResult<()> {
+        match content {
+            SlotContent::Whole(id) => self.read_into(id, within, dst),
+            SlotContent::Pieces(pieces) => self.read_pieces(pieces, within, dst),
+        }
+    }
+
+    fn read_pieces(&self, pieces: &[Piece], within: u64, dst: &mut [u8]) -> StoreResult<()> {
+        let end = within + dst.len() as u64;
+        // Pieces are sorted and disjoint: skip those ending before the range.
+        let first = pieces.partition_point(|p| p.at as u64 + p.len as u64 <= within);
+        for p in pieces[first..].iter().take_while(|p| (p.at as u64) < end) {
+            let (lo, hi) = ((p.at as u64).max(within), (p.at as u64 + p.len as u64).min(end));
+            let out = &mut dst[(lo - within) as usize..(hi - within) as usize];
+            self.read_into(&p.chunk, p.within as u64 + (lo - p.at as u64), out)?;
+        }
+        Ok(())
+    }
+
     /// Drops a cached descriptor (gc unlinked the chunk; open descriptors stay valid).
     pub fn forget(&self, hash: &Hash) {
         self.cache.lock().0.remove(hash);
@@ -221,8 +241,11 @@ impl ChunkStore {
             let idx = pos / cs;
             let within = pos % cs;
             let n = (cs - within).min(end - pos);
+            let dst = &mut out[(pos - offset) as usize..][..n as usize];
             if let Some(id) = m.chunks.get(&idx) {
-                self.read_into(id, within, &mut out[(pos - offset) as usize..][..n as usize])?;
+                self.read_into(id, within, dst)?;
+            } else if let Some(pieces) = m.pieces.get(&idx) {
+                self.read_pieces(pieces, within, dst)?;
             }
             pos += n;
         }

@@ -1,6 +1,8 @@
 //! The commit protocol (DESIGN.md §4), top to bottom:
 //!
-//! 1. seal: each staged chunk is hashed, fdatasync'd, made read-only and linked into `chunks/`;
+//! 1. seal: each staged slot is stored whole or, when little of it changed, as its changed
+//!    ranges (pieces) beside its unchanged stored bytes; each new chunk is hashed,
+//!    fdatasync'd, made read-only and linked into `chunks/`;
 //! 2. every chunk directory that gained an entry is fsynced;
 //! 3. the commit record (new generation + inode image) is appended to the journal and
 //!    fdatasync'd — shared with concurrent commits (group commit);
@@ -12,13 +14,20 @@
 //! read-only, as after a failed journal sync. Data reaches stable storage before the directory entry that names
 //! it, and both before the journal record that points at them.
 
-use super::draft::{Draft, Slot};
+use super::draft::{create_staging_file, join_gap, Draft, Slot, Staged};
 use super::error::{StoreError, StoreResult};
-use super::records::{ChunkId, Inode, Manifest, Op, Timestamp};
+use super::records::{ChunkId, Inode, Manifest, Op, Piece, SlotContent, Timestamp};
 use super::Store;
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// A slot may hold this many pieces; past it, a commit merges neighbouring pieces into one.
+/// The bound keeps a read of a slot to a few dozen chunk reads. Which neighbours: those that
+/// re-store the fewest bytes per piece they remove (`cheapest_merge`), so a log's run of small
+/// appended pieces merges long before the big piece it follows is touched.
+const PIECES_MAX: usize = 48;
 
 impl Store {
     /// Commits the draft as the file's next generation and returns the new inode image.
@@ -48,14 +57,12 @@ impl Store {
         for dir in dirs.iter().filter(|_| !sabotage::skip_chunk_dir_fsync()) {
             self.io.sync_dir(dir).map_err(|e| StoreError::io(format!("fsync {}", dir.display()), e))?;
         }
-        let chunks: std::collections::BTreeMap<u64, ChunkId> = draft
-            .slots
-            .iter()
-            .filter_map(|(i, s)| match s {
-                Slot::Committed(id) => Some((*i, *id)),
-                Slot::Staged(_) => None,
-            })
-            .collect();
+        let mut layout = Manifest::empty();
+        for (idx, slot) in &draft.slots {
+            if let Slot::Committed(content) = slot {
+                layout.set_slot(*idx, content.clone());
+            }
+        }
         let _inode_lock = self.lock_inodes(&[draft.ino]);
         let mut inode = self.index.inode(draft.ino)?.ok_or(StoreError::Stale)?;
         let gen = inode.last_gen + 1;
@@ -67,7 +74,7 @@ impl Store {
         inode.mtime = draft.mtime;
         inode.ctime = now;
         let record = self.journal.append(|seq| {
-            let manifest = Manifest { size: draft.size, mtime: draft.mtime, chunks, seq, committed: now };
+            let manifest = Manifest { size: draft.size, mtime: draft.mtime, seq, committed: now, ..layout };
             let mut ops = vec![
                 Op::PutGeneration { ino: draft.ino, gen, manifest },
                 Op::PutInode { ino: draft.ino, inode: inode.clone() },
@@ -87,7 +94,7 @@ impl Store {
         Ok(inode)
     }
 
-    /// Step 1: turns every staged chunk into a published chunk; returns the chunk directories
+    /// Step 1: turns every staged slot into published chunks; returns the chunk directories
     /// that gained an entry.
     fn seal_chunks(&self, draft: &mut Draft) -> StoreResult<BTreeSet<PathBuf>> {
         let staged: Vec<u64> =
@@ -98,32 +105,87 @@ impl Store {
                 continue;
             };
             let path = s.path.clone();
-            let sealed = self.seal_chunk(s);
-            if sealed.is_err() {
-                // The draft has failed; its staging file must not outlive it.
-                let _ = std::fs::remove_file(&path);
-            }
-            if let Some(id) = sealed? {
-                dirs.insert(self.chunks.shard_dir(&id.hash));
-                draft.slots.insert(idx, Slot::Committed(id));
+            let sealed = self.seal_slot(s, &mut dirs);
+            // Published or not, the staging file has served: chunks are links or copies.
+            let _ = std::fs::remove_file(&path);
+            if let Some(content) = sealed? {
+                draft.slots.insert(idx, Slot::Committed(content));
             }
         }
         Ok(dirs)
     }
 
-    /// Hashes, syncs and publishes one staged chunk; None for an all-zero chunk (a hole).
-    fn seal_chunk(&self, mut s: super::draft::Staged) -> StoreResult<Option<ChunkId>> {
-        let mut content = vec![0u8; s.len as usize];
-        let path = s.path.clone();
-        let file = s.file()?;
-        file.read_exact_at(&mut content, 0)
-            .map_err(|e| StoreError::io(format!("read {}", path.display()), e))?;
-        if content.iter().all(|b| *b == 0) {
-            // An all-zero chunk is a hole: nothing to store.
-            let _ = std::fs::remove_file(&path);
+    /// Stores one staged slot: whole when it is new or little of it is unchanged, else as
+    /// pieces. None for a slot that is all zeros (a hole).
+    fn seal_slot(&self, mut s: Staged, dirs: &mut BTreeSet<PathBuf>) -> StoreResult<Option<SlotContent>> {
+        let changed: u64 = s.changed.iter().map(|&(lo, hi)| hi.min(s.len).saturating_sub(lo)).sum();
+        let Some(base) =
+            s.base.take().filter(|_| s.len - changed.min(s.len) > join_gap(self.chunks.chunk_size))
+        else {
+            let mut content = vec![0u8; s.len as usize];
+            s.read_exact_at(&mut content, 0)?;
+            let path = s.path.clone();
+            let id = self.store_chunk(s.file()?, &path, &content, dirs)?;
+            return Ok(id.map(SlotContent::Whole));
+        };
+        let mut pieces = base.into_pieces();
+        for &(lo, hi) in &s.changed {
+            pieces = without(pieces, lo, hi);
+        }
+        pieces = without(pieces, s.len, u64::MAX);
+        for &(lo, hi) in &s.changed {
+            let hi = hi.min(s.len);
+            if lo < hi {
+                pieces.extend(self.store_range(&s, lo, hi, dirs)?);
+            }
+        }
+        pieces.sort_by_key(|p| p.at);
+        while pieces.len() > PIECES_MAX {
+            let (first, last) = cheapest_merge(&pieces);
+            let (lo, hi) = (pieces[first].at as u64, piece_end(&pieces[last]));
+            let merged = self.store_range(&s, lo, hi, dirs)?;
+            pieces.splice(first..=last, merged);
+        }
+        Ok((!pieces.is_empty()).then_some(SlotContent::Pieces(pieces)))
+    }
+
+    /// Stores bytes `lo..hi` of a staged slot as a chunk of their own: the piece that shows
+    /// it there (None if they are all zeros).
+    fn store_range(
+        &self,
+        s: &Staged,
+        lo: u64,
+        hi: u64,
+        dirs: &mut BTreeSet<PathBuf>,
+    ) -> StoreResult<Option<Piece>> {
+        let mut bytes = vec![0u8; (hi - lo) as usize];
+        s.read_exact_at(&mut bytes, lo)?;
+        if bytes.iter().all(|b| *b == 0) {
             return Ok(None);
         }
-        let hash = *blake3::hash(&content).as_bytes();
+        let staging = self.root.join("staging");
+        let (file, path) = create_staging_file(&staging, "piece")?;
+        let stored = file
+            .write_all_at(&bytes, 0)
+            .map_err(|e| StoreError::io(format!("write {}", path.display()), e))
+            .and_then(|()| self.store_chunk(&file, &path, &bytes, dirs));
+        let _ = std::fs::remove_file(&path);
+        Ok(stored?.map(|chunk| Piece { at: lo as u32, len: chunk.len, chunk, within: 0 }))
+    }
+
+    /// Hashes, syncs and publishes a staging file holding `content`, and notes its chunk
+    /// directory; None for all zeros (a hole: nothing to store).
+    fn store_chunk(
+        &self,
+        file: &File,
+        path: &Path,
+        content: &[u8],
+        dirs: &mut BTreeSet<PathBuf>,
+    ) -> StoreResult<Option<ChunkId>> {
+        if content.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        let hash = *blake3::hash(content).as_bytes();
         if !sabotage::skip_data_fsync() {
             self.io
                 .sync_data(file)
@@ -133,9 +195,55 @@ impl Store {
             .map_err(|e| StoreError::io(format!("chmod {}", path.display()), e))?;
         // The shard is synced even when the chunk was already there: its entry may come
         // from a concurrent commit whose directory fsync has not happened yet.
-        self.chunks.publish(&path, &hash)?;
-        Ok(Some(ChunkId { hash, len: s.len as u32 }))
+        self.chunks.publish(path, &hash)?;
+        dirs.insert(self.chunks.shard_dir(&hash));
+        Ok(Some(ChunkId { hash, len: content.len() as u32 }))
     }
+}
+
+fn piece_end(p: &Piece) -> u64 {
+    p.at as u64 + p.len as u64
+}
+
+/// The run of neighbouring pieces (first, last) whose merge re-stores the fewest bytes per
+/// piece it removes (span / (pieces - 1)); of equal ones, the shortest.
+fn cheapest_merge(pieces: &[Piece]) -> (usize, usize) {
+    let mut best = (0, 1);
+    let mut best_cost = u64::MAX;
+    for first in 0..pieces.len() {
+        for last in first + 1..pieces.len() {
+            let span = piece_end(&pieces[last]) - pieces[first].at as u64;
+            let cost = span / (last - first) as u64;
+            if cost < best_cost {
+                (best, best_cost) = ((first, last), cost);
+            }
+        }
+    }
+    best
+}
+
+/// The pieces with bytes `lo..hi` of the slot cut out.
+fn without(pieces: Vec<Piece>, lo: u64, hi: u64) -> Vec<Piece> {
+    let mut out = Vec::with_capacity(pieces.len() + 1);
+    for p in pieces {
+        let (at, end) = (p.at as u64, piece_end(&p));
+        if end <= lo || at >= hi {
+            out.push(p);
+            continue;
+        }
+        if at < lo {
+            out.push(Piece { len: (lo - at) as u32, ..p });
+        }
+        if end > hi {
+            out.push(Piece {
+                at: hi as u32,
+                len: (end - hi) as u32,
+                within: p.within + (hi - at) as u32,
+                ..p
+            });
+        }
+    }
+    out
 }
 
 /// Test-only sabotage of the commit protocol, to prove the crash simulator catches the bugs

@@ -4,7 +4,10 @@ use super::error::{StoreError, StoreResult};
 use std::path::Path;
 
 /// Format 2 keeps the index in redb; format 1 (sled) is still opened, and moved on open.
-pub const FORMAT_VERSION: u32 = 2;
+/// Format 3 adds manifests whose slots are pieces of chunks (`records::Piece`): format-1 and -2
+/// records and index values still decode as they are, so opening an older store only bumps
+/// the number (after which older genfs versions refuse it, as they could not read pieces).
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_OLDEST: u32 = 1;
 pub const CONFIG_FILE: &str = "genfs.toml";
 pub const CHUNK_BYTES_DEFAULT: u64 = 1 << 20;

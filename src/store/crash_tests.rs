@@ -881,6 +881,55 @@ impl Stats {
 /// forking a command holds a copy of the lock's descriptor (and its flock) until the child's
 /// exec closes it. (sled's own lock, released late by a dropped instance, `Index::open` waits
 /// for.)
+/// A fresh store opened through the crash simulator, recording from mkfs on.
+fn recorded_store() -> (TempDir, Arc<CrashSim>, Store) {
+    let tmp = scratch_dir();
+    let path = tmp.path().join("store");
+    Store::mkfs(&path, CS, OWNER).unwrap();
+    let sim = CrashSim::new(&path).unwrap();
+    let store = open_store(&path, Some(sim.clone())).unwrap();
+    (tmp, sim, store)
+}
+
+/// Opens the store of every crash state of the trace cut after event `from`, then every
+/// `every` events, and at the end, once per pick; `check` gets each recovered store, the
+/// event it was cut after, and `at`, which names the state in a message. Returns the number
+/// of states.
+fn each_crash_state(
+    trace: &super::crashsim::Trace,
+    tmp: &TempDir,
+    from: usize,
+    every: usize,
+    picks: &[Pick],
+    rng: &mut Rng,
+    mut check: impl FnMut(&Store, usize, &dyn Fn(&str) -> String),
+) -> usize {
+    let mut fs = trace.base.clone();
+    for e in &trace.events[..from] {
+        fs.apply(e);
+    }
+    let mut states = 0;
+    for i in from..=trace.events.len() {
+        if i > from {
+            fs.apply(&trace.events[i - 1]);
+        }
+        if (i - from) % every != 0 && i != trace.events.len() {
+            continue;
+        }
+        for pick in picks {
+            let dir = tmp.path().join(format!("state-{states}"));
+            states += 1;
+            fs.crash_state(*pick, rng, false).materialize(&dir, &trace.images, None).unwrap();
+            let recovered = open_store(&dir, None).unwrap();
+            let at = |what: &str| format!("event {i} of {}, {pick:?}: {what}", trace.events.len());
+            check(&recovered, i, &at);
+            drop(recovered);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    states
+}
+
 pub(super) fn open_store(dir: &Path, io: Option<Arc<CrashSim>>) -> Result<Store, StoreError> {
     let ourselves = format!("in use by another genfs daemon (pid {})", std::process::id());
     let mut tries = 0;
@@ -1428,11 +1477,8 @@ fn canary_gc_unlinking_chunks_before_its_journal_sync_is_caught() {
 /// `DropChunk` record (what was pending all lost, all kept, or a random mix), each with what
 /// fsck found.
 fn gc_crash_states(skip_journal_sync: bool) -> Vec<(Pick, Vec<String>)> {
-    let tmp = scratch_dir();
+    let (tmp, sim, store) = recorded_store();
     let path = tmp.path().join("store");
-    Store::mkfs(&path, CS, OWNER).unwrap();
-    let sim = CrashSim::new(&path).unwrap();
-    let store = open_store(&path, Some(sim.clone())).unwrap();
     let (f, _) = store.create(ROOT_INO, b"f", &node(Kind::File, 0o644, vec![])).unwrap();
     for i in 0..3u8 {
         let mut draft = store.new_draft(f).unwrap();
@@ -1558,11 +1604,7 @@ fn crash_states_with_sled_ahead_of_the_journal() {
 /// second gc finishes the job.
 #[test]
 fn a_crash_during_gc_pruning_loses_nothing_kept() {
-    let tmp = scratch_dir();
-    let path = tmp.path().join("store");
-    Store::mkfs(&path, CS, OWNER).unwrap();
-    let sim = CrashSim::new(&path).unwrap();
-    let store = open_store(&path, Some(sim.clone())).unwrap();
+    let (tmp, sim, store) = recorded_store();
     store.set_retention(ROOT_INO, Some("keep-last=2"), 0).unwrap();
     let commit = |ino: Ino, data: &[u8]| {
         let mut draft = store.new_draft(ino).unwrap();
@@ -1585,41 +1627,25 @@ fn a_crash_during_gc_pruning_loses_nothing_kept() {
     drop(store);
     let trace = sim.trace();
     assert!(trace.events.len() > gc_from, "gc did no I/O");
-    let mut fs = trace.base.clone();
-    for e in &trace.events[..gc_from] {
-        fs.apply(e);
-    }
     let mut rng = Rng::new(7);
-    let mut states = 0;
-    for i in gc_from..=trace.events.len() {
-        if i > gc_from {
-            fs.apply(&trace.events[i - 1]);
-        }
-        for pick in [Pick::DropAll, Pick::KeepAll, Pick::Random, Pick::Random] {
-            let dir = tmp.path().join(format!("state-{states}"));
-            states += 1;
-            fs.crash_state(pick, &mut rng, false).materialize(&dir, &trace.images, None).unwrap();
-            let recovered = open_store(&dir, None).unwrap();
-            let at = |what: &str| format!("event {i} of {}, {pick:?}: {what}", trace.events.len());
-            let check = recovered.check().unwrap();
-            assert!(check.is_clean(), "{}: {:#?}", at("fsck"), check.problems);
-            let (now, _) = recovered.lookup(ROOT_INO, b"f").unwrap();
-            let (_, m) = recovered.current_generation(now).unwrap();
-            assert_eq!(recovered.read(&m, 0, 2).unwrap(), b"v5", "{}", at("content"));
-            let log = recovered.log(now).unwrap();
-            assert!(
-                log.len() >= 2 && log.iter().all(|e| recovered.read(&e.manifest, 0, 2).is_ok()),
-                "{}",
-                at("log")
-            );
-            recovered.gc(&HashSet::new(), false).unwrap();
-            assert_eq!(recovered.log(now).unwrap().len(), 2, "{}", at("second gc"));
-            let check = recovered.check().unwrap();
-            assert!(check.is_clean(), "{}: {:#?}", at("fsck after a second gc"), check.problems);
-            drop(recovered);
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
+    let picks = [Pick::DropAll, Pick::KeepAll, Pick::Random, Pick::Random];
+    let states = each_crash_state(&trace, &tmp, gc_from, 1, &picks, &mut rng, |recovered, _, at| {
+        let check = recovered.check().unwrap();
+        assert!(check.is_clean(), "{}: {:#?}", at("fsck"), check.problems);
+        let (now, _) = recovered.lookup(ROOT_INO, b"f").unwrap();
+        let (_, m) = recovered.current_generation(now).unwrap();
+        assert_eq!(recovered.read(&m, 0, 2).unwrap(), b"v5", "{}", at("content"));
+        let log = recovered.log(now).unwrap();
+        assert!(
+            log.len() >= 2 && log.iter().all(|e| recovered.read(&e.manifest, 0, 2).is_ok()),
+            "{}",
+            at("log")
+        );
+        recovered.gc(&HashSet::new(), false).unwrap();
+        assert_eq!(recovered.log(now).unwrap().len(), 2, "{}", at("second gc"));
+        let check = recovered.check().unwrap();
+        assert!(check.is_clean(), "{}: {:#?}", at("fsck after a second gc"), check.problems);
+    });
     eprintln!("gc pruning: {states} crash states, all clean");
 }
 
@@ -1627,11 +1653,7 @@ fn a_crash_during_gc_pruning_loses_nothing_kept() {
 /// `close_created` the name survives every crash state; with the sync skipped (the canary) some
 /// state loses it. Returns, per crash state, whether the file was there.
 fn created_file_survives(skip_sync: bool) -> Vec<bool> {
-    let tmp = scratch_dir();
-    let path = tmp.path().join("store");
-    Store::mkfs(&path, CS, OWNER).unwrap();
-    let sim = CrashSim::new(&path).unwrap();
-    let store = open_store(&path, Some(sim.clone())).unwrap();
+    let (tmp, sim, store) = recorded_store();
     store.create(ROOT_INO, b"marker", &node(Kind::File, 0o644, vec![])).unwrap();
     super::commit::sabotage::SKIP_CREATED_SYNC.with(|c| c.set(skip_sync));
     store.close_created().unwrap();
@@ -1664,4 +1686,67 @@ fn a_created_file_is_durable_when_its_close_returns() {
 #[test]
 fn canary_a_created_file_close_without_its_journal_sync_is_caught() {
     assert!(created_file_survives(true).iter().any(|&kept| !kept), "the skipped sync was not caught");
+}
+
+/// Small edits stored as pieces, past the bound so commits merge them, cut by a power cut
+/// along the way: every state recovers clean, with the file as its last durable commit left
+/// it (or the one in flight), and every kept generation reads as it was committed.
+#[test]
+fn piece_commits_and_merges_survive_every_crash() {
+    let (tmp, sim, store) = recorded_store();
+    let (f, _) = store.create(ROOT_INO, b"f", &node(Kind::File, 0o644, vec![])).unwrap();
+    let mut rng = Rng::new(base_seed() ^ 0x9e);
+    let mut content: Vec<u8> = (0..2 * CS).map(|i| (i % 251) as u8 | 1).collect();
+    // (generation, its bytes, trace length once its commit returned)
+    let mut commits: Vec<(u64, Vec<u8>, usize)> = Vec::new();
+    let edit = |draft: &mut Draft, content: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+        draft.write(at as u64, bytes, store.chunks()).unwrap();
+        content[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+    let mut draft = store.new_draft(f).unwrap();
+    let first = content.clone();
+    edit(&mut draft, &mut content, 0, &first);
+    for round in 0..140u64 {
+        if round > 0 {
+            draft = store.new_draft(f).unwrap();
+            let len = 1 + rng.below(64) as usize;
+            let at = rng.below(content.len() as u64 - len as u64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (round as u8).wrapping_add(i as u8) | 1).collect();
+            edit(&mut draft, &mut content, at, &bytes);
+        }
+        let gen = store.commit(&mut draft).unwrap().gen;
+        commits.push((gen, content.clone(), sim.trace().events.len()));
+    }
+    let most = store.generations(f).unwrap().iter().flat_map(|(_, m)| m.pieces.values().map(Vec::len)).max();
+    assert!(most > Some(40), "the workload must reach the merge bound: {most:?} pieces");
+    drop(store);
+    let trace = sim.trace();
+    let every = (trace.events.len() / 300).max(1);
+    let picks = [Pick::DropAll, Pick::Random];
+    let states = each_crash_state(&trace, &tmp, 0, every, &picks, &mut rng, |recovered, event, at| {
+        let check = recovered.check().unwrap();
+        assert!(check.is_clean(), "{}: {:#?}", at("fsck"), check.problems);
+        // The commits that had returned are durable; the next may or may not be.
+        let done = commits.iter().filter(|c| c.2 <= event).count();
+        let (gen, m) = match recovered.current_generation(f) {
+            // The create is durable with the first commit.
+            Err(StoreError::NotFound) if done == 0 => return,
+            other => other.unwrap(),
+        };
+        let allowed: Vec<u64> = commits[done.saturating_sub(1)..(done + 1).min(commits.len())]
+            .iter()
+            .map(|c| c.0)
+            .chain((done == 0).then_some(0))
+            .collect();
+        assert!(allowed.contains(&gen), "{}", at(&format!("generation {gen}, expected one of {allowed:?}")));
+        if gen > 0 {
+            let want = &commits[gen as usize - 1].1;
+            assert_eq!(&recovered.read(&m, 0, m.size as u32).unwrap(), want, "{}", at("content"));
+        }
+        for (g, kept) in recovered.generations(f).unwrap() {
+            let want = &commits[g as usize - 1].1;
+            assert_eq!(&recovered.read(&kept, 0, kept.size as u32).unwrap(), want, "{}", at("history"));
+        }
+    });
+    eprintln!("piece commits and merges: {states} crash states, all clean");
 }

@@ -1,12 +1,14 @@
 //! A draft: the uncommitted state of one file, shared by all its writable handles.
 //!
-//! It holds only the chunks it touched, each as a file in `staging/` (copied from the base
-//! generation on first write, or new); untouched chunks still point at committed chunk files.
-//! Nothing in `chunks/` or the index changes while a draft is written.
+//! It holds only the chunk slots it touched, each as a file in `staging/` (copied from the base
+//! generation on first write, or new), with the byte ranges written since; untouched slots
+//! still point at committed chunks. Nothing in `chunks/` or the index changes while a draft is
+//! written. The commit stores a touched slot whole, or only its written ranges as pieces
+//! (`commit.rs`).
 
 use super::chunks::ChunkStore;
 use super::error::{StoreError, StoreResult};
-use super::records::{ChunkId, Ino, Manifest, Timestamp};
+use super::records::{Ino, Manifest, SlotContent, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -34,6 +36,37 @@ pub(crate) struct Staged {
     pub path: PathBuf,
     /// Bytes in the staging file; the chunk reads as zeros after them.
     pub len: u64,
+    /// What the slot held before this draft touched it (None: a hole or past the end).
+    pub base: Option<SlotContent>,
+    /// Ranges of the slot changed since `base` (written, or zeroed by a truncation), sorted
+    /// and disjoint; ranges less than [`join_gap`] apart are joined.
+    pub changed: Vec<(u64, u64)>,
+}
+
+/// Changed ranges closer than this are stored as one: re-storing up to 4 KiB of unchanged
+/// bytes between them costs less than one more piece (a chunk file) to read and keep. Small
+/// slots (tests use 4 KiB) get a proportionally smaller gap, so pieces happen there too.
+pub fn join_gap(chunk_size: u64) -> u64 {
+    (chunk_size / 16).min(4096)
+}
+
+impl Staged {
+    /// Records that `lo..hi` of the slot changed.
+    fn mark_changed(&mut self, lo: u64, hi: u64, chunk_size: u64) {
+        if lo >= hi {
+            return;
+        }
+        let (mut lo, mut hi, gap) = (lo, hi, join_gap(chunk_size));
+        // Ranges that overlap or come within the gap of lo..hi merge with it.
+        let first = self.changed.partition_point(|r| r.1 + gap < lo);
+        let mut last = first;
+        while last < self.changed.len() && self.changed[last].0 <= hi + gap {
+            lo = lo.min(self.changed[last].0);
+            hi = hi.max(self.changed[last].1);
+            last += 1;
+        }
+        self.changed.splice(first..last, [(lo, hi)]);
+    }
 }
 
 impl Staged {
@@ -54,7 +87,7 @@ impl Staged {
         }
     }
 
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> StoreResult<()> {
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> StoreResult<()> {
         let mut read = |f: &File| {
             f.read_exact_at(buf, offset)
                 .map_err(|e| StoreError::io(format!("read {}", self.path.display()), e))
@@ -72,6 +105,13 @@ impl Drop for Staged {
     }
 }
 
+/// Creates a new staging file named after `what`, unique in this process.
+pub(crate) fn create_staging_file(dir: &std::path::Path, what: &str) -> StoreResult<(File, PathBuf)> {
+    let serial = STAGING_SERIAL.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("{}-{what}-{serial}", std::process::id()));
+    Ok((open_staging(&path, true)?, path))
+}
+
 /// Opens (or with `create`, creates) a staging file; never through a symbolic link.
 fn open_staging(path: &std::path::Path, create: bool) -> StoreResult<File> {
     let mut options = OpenOptions::new();
@@ -86,7 +126,7 @@ fn open_staging(path: &std::path::Path, create: bool) -> StoreResult<File> {
 }
 
 pub(crate) enum Slot {
-    Committed(ChunkId),
+    Committed(SlotContent),
     Staged(Staged),
 }
 
@@ -115,7 +155,7 @@ impl Draft {
             base_gen,
             size: base.size,
             mtime: base.mtime,
-            slots: base.chunks.iter().map(|(i, c)| (*i, Slot::Committed(*c))).collect(),
+            slots: base.slots().into_iter().map(|(i, c)| (i, Slot::Committed(c))).collect(),
             dirty: false,
             failed: false,
             staging_dir,
@@ -123,12 +163,10 @@ impl Draft {
         }
     }
 
-    fn new_staged(&self, idx: u64) -> StoreResult<Staged> {
-        let serial = STAGING_SERIAL.fetch_add(1, Ordering::Relaxed);
-        let path = self.staging_dir.join(format!("{}-{}-{idx}-{serial}", std::process::id(), self.ino));
-        let file = open_staging(&path, true)?;
+    fn new_staged(&self, idx: u64, base: Option<SlotContent>) -> StoreResult<Staged> {
+        let (file, path) = create_staging_file(&self.staging_dir, &format!("{}-{idx}", self.ino))?;
         STAGED_OPEN.fetch_add(1, Ordering::Relaxed);
-        Ok(Staged { file: Some(file), path, len: 0 })
+        Ok(Staged { file: Some(file), path, len: 0, base, changed: Vec::new() })
     }
 
     /// Records that chunk `idx`'s descriptor is open, closing the oldest beyond the bound.
@@ -143,17 +181,19 @@ impl Draft {
         }
     }
 
-    /// The staging file for chunk `idx`, copying the committed chunk on first touch.
+    /// The staging file for chunk `idx`, copying the committed slot on first touch.
     fn staged(&mut self, idx: u64, chunks: &ChunkStore) -> StoreResult<&mut Staged> {
         let needs_copy = match self.slots.get(&idx) {
             Some(Slot::Staged(_)) => None,
-            Some(Slot::Committed(id)) => Some(Some(*id)),
+            Some(Slot::Committed(content)) => Some(Some(content.clone())),
             None => Some(None),
         };
+        let copied = needs_copy.is_some();
         if let Some(base) = needs_copy {
-            let mut staged = self.new_staged(idx)?;
-            if let Some(id) = base {
-                let bytes = chunks.read_chunk(&id)?;
+            let mut staged = self.new_staged(idx, base.clone())?;
+            if let Some(content) = base {
+                let mut bytes = vec![0u8; content.len() as usize];
+                chunks.read_slot(&content, 0, &mut bytes)?;
                 staged
                     .file()?
                     .write_all_at(&bytes, 0)
@@ -163,7 +203,7 @@ impl Draft {
             self.slots.insert(idx, Slot::Staged(staged));
         }
         let was_open = matches!(self.slots.get(&idx), Some(Slot::Staged(s)) if s.file.is_some());
-        if !was_open || needs_copy.is_some() {
+        if !was_open || copied {
             self.opened(idx);
         }
         match self.slots.get_mut(&idx) {
@@ -190,6 +230,7 @@ impl Draft {
                 .write_all_at(piece, within)
                 .map_err(|e| StoreError::io(format!("write {}", staged.path.display()), e))?;
             staged.len = staged.len.max(within + n);
+            staged.mark_changed(within, within + n, cs);
             pos += n;
         }
         self.size = self.size.max(end);
@@ -223,7 +264,7 @@ impl Draft {
             let n = (cs - within).min(end - pos);
             let dst = &mut out[(pos - offset) as usize..][..n as usize];
             match self.slots.get(&idx) {
-                Some(Slot::Committed(id)) => chunks.read_into(id, within, dst)?,
+                Some(Slot::Committed(content)) => chunks.read_slot(content, within, dst)?,
                 Some(Slot::Staged(s)) if within < s.len => {
                     let want = dst.len().min((s.len - within) as usize);
                     s.read_exact_at(&mut dst[..want], within)?;
@@ -248,7 +289,7 @@ impl Draft {
             let within = new_size % cs;
             let idx = new_size / cs;
             let longer = match self.slots.get(&idx) {
-                Some(Slot::Committed(id)) => id.len as u64 > within,
+                Some(Slot::Committed(content)) => content.len() > within,
                 Some(Slot::Staged(s)) => s.len > within,
                 None => false,
             };
@@ -258,6 +299,8 @@ impl Draft {
                     .file()?
                     .set_len(within)
                     .map_err(|e| StoreError::io(format!("truncate {}", staged.path.display()), e))?;
+                // The bytes cut off read as zeros if the file grows again: changed too.
+                staged.mark_changed(within, staged.len, cs);
                 staged.len = within;
             }
         }

@@ -163,6 +163,11 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> StoreResult<T>
     postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupted(format!("index {what}: {e}")))
 }
 
+/// A generation's manifest, as any store format wrote it.
+fn decode_manifest(bytes: &[u8]) -> StoreResult<Manifest> {
+    Manifest::decode_stored(bytes).map_err(|e| StoreError::Corrupted(format!("index generation: {e}")))
+}
+
 /// An error of the index database: I/O as I/O, anything else as damage.
 fn db_err(context: &str, e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
@@ -445,7 +450,7 @@ impl Index {
 
     pub fn generation(&self, ino: Ino, gen: u64) -> StoreResult<Option<Manifest>> {
         match self.get(&gen_key(ino, gen))? {
-            Some(v) => Ok(Some(decode(&v, "generation")?)),
+            Some(v) => Ok(Some(decode_manifest(&v)?)),
             None => Ok(None),
         }
     }
@@ -455,7 +460,7 @@ impl Index {
         let mut out = Vec::new();
         self.scan_prefix(&key(b'g', &[&ino.to_be_bytes()]), |k, v| {
             let gen = be_u64_at(k, 9, "generation key")?;
-            out.push((gen, decode(v, "generation")?));
+            out.push((gen, decode_manifest(v)?));
             Ok(true)
         })?;
         Ok(out)
@@ -469,7 +474,7 @@ impl Index {
             let range = t.range(start.as_slice()..end.as_slice()).map_err(|e| db_err("generations", e))?;
             for item in range.rev().take(limit) {
                 let (k, v) = item.map_err(|e| db_err("generations", e))?;
-                out.push((be_u64_at(k.value(), 9, "generation key")?, decode(v.value(), "generation")?));
+                out.push((be_u64_at(k.value(), 9, "generation key")?, decode_manifest(v.value())?));
             }
             Ok(out)
         })
@@ -795,6 +800,11 @@ fn take(t: &mut Table, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
 
 fn apply_op(t: &mut Table, record: &Record, op: &Op) -> StoreResult<()> {
     match op {
+        // Decoded records are upgraded (`Record::upgraded`); applied as the new form anyway.
+        Op::PutLegacyGeneration { ino, gen, manifest } => {
+            let manifest = Manifest::from(manifest.clone());
+            apply_op(t, record, &Op::PutGeneration { ino: *ino, gen: *gen, manifest })?;
+        }
         Op::PutInode { ino, inode } => {
             put(t, &inode_key(*ino), &encode(inode)?)?;
             // Inode numbers are never reused, even after the highest one is deleted.
@@ -840,7 +850,7 @@ fn apply_op(t: &mut Table, record: &Record, op: &Op) -> StoreResult<()> {
         Op::PutGeneration { ino, gen, manifest } => {
             let k = gen_key(*ino, *gen);
             if get_in(t, &k)?.is_none() {
-                for chunk in manifest.chunks.values() {
+                for chunk in manifest.chunk_refs() {
                     let rk = ref_key(&chunk.hash);
                     let n = match get_in(t, &rk)? {
                         Some(v) => read_ref(&v)?.0,
@@ -853,8 +863,8 @@ fn apply_op(t: &mut Table, record: &Record, op: &Op) -> StoreResult<()> {
         }
         Op::DelGeneration { ino, gen } => {
             if let Some(old) = take(t, &gen_key(*ino, *gen))? {
-                let manifest: Manifest = decode(&old, "generation")?;
-                for chunk in manifest.chunks.values() {
+                let manifest = decode_manifest(&old)?;
+                for chunk in manifest.chunk_refs() {
                     let rk = ref_key(&chunk.hash);
                     // A generation holds one reference to each of its chunks: a count already
                     // at 0 (or none at all) means the index is damaged.
@@ -991,7 +1001,7 @@ mod tests {
             let len = rng.below(48) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             let _ = decode::<Inode>(&bytes, "inode");
-            let _ = decode::<Manifest>(&bytes, "generation");
+            let _ = decode_manifest(&bytes);
             let _ = decode::<DirentValue>(&bytes, "dirent");
             let _ = decode::<NameTarget>(&bytes, "history");
             let _ = decode::<Snapshot>(&bytes, "snapshot");

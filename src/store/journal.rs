@@ -123,7 +123,7 @@ fn each_frame(buf: &[u8], mut each: impl FnMut(Record, usize) -> StoreResult<boo
         }
         match postcard::from_bytes::<Record>(payload) {
             Ok(r) => {
-                if !each(r, start + len)? {
+                if !each(r.upgraded(), start + len)? {
                     return Ok(pos);
                 }
             }

@@ -228,7 +228,8 @@ impl Store {
             Err(e) => return Err(e),
         };
         if config.format < config::FORMAT_VERSION {
-            // Format 1 differs only in its index, which `Index::open` has just moved.
+            // Format 1 differs only in its index, which `Index::open` has just moved; format 2
+            // lacks only the pieces, which format 3 reads without them.
             config.format = config::FORMAT_VERSION;
             write_config(io.as_ref(), path, &config)?;
         }

@@ -98,7 +98,53 @@ pub struct ChunkId {
     pub len: u32,
 }
 
-/// A committed generation: the file's bytes as a map chunk index -> chunk (absent = hole).
+/// A piece of a chunk slot: `len` bytes at offset `at` of the slot are the chunk's bytes from
+/// `within` on. A slot of pieces reads as zeros between and after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    pub at: u32,
+    pub len: u32,
+    pub chunk: ChunkId,
+    pub within: u32,
+}
+
+/// What one committed slot holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotContent {
+    Whole(ChunkId),
+    /// Sorted by `at`, not overlapping, none empty.
+    Pieces(Vec<Piece>),
+}
+
+impl SlotContent {
+    /// Bytes up to the end of the last stored byte (the slot reads as zeros after them).
+    pub fn len(&self) -> u64 {
+        match self {
+            SlotContent::Whole(id) => id.len as u64,
+            SlotContent::Pieces(p) => p.last().map_or(0, |p| p.at as u64 + p.len as u64),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slot as pieces (a whole chunk is one piece).
+    pub fn into_pieces(self) -> Vec<Piece> {
+        match self {
+            SlotContent::Whole(chunk) => vec![Piece { at: 0, len: chunk.len, chunk, within: 0 }],
+            SlotContent::Pieces(p) => p,
+        }
+    }
+}
+
+/// A committed generation: the file's bytes, slot by slot of the chunk size (absent = hole).
+/// A slot is either one whole chunk (`chunks`: a file written at once) or a list of pieces
+/// (`pieces`: a slot partly rewritten keeps its unchanged bytes where they are stored and
+/// stores only what changed; store format 3). No slot is in both.
+///
+/// Encoded, the fields are in this order so a format-3 value is a format-2 value followed by
+/// the pieces: the index reads both (`decode_stored`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub size: u64,
@@ -107,6 +153,30 @@ pub struct Manifest {
     /// Journal sequence number of the commit.
     pub seq: u64,
     pub committed: Timestamp,
+    pub pieces: BTreeMap<u64, Vec<Piece>>,
+}
+
+/// A manifest as store formats 1 and 2 encoded it (whole chunks only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyManifest {
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub chunks: BTreeMap<u64, ChunkId>,
+    pub seq: u64,
+    pub committed: Timestamp,
+}
+
+impl From<LegacyManifest> for Manifest {
+    fn from(m: LegacyManifest) -> Manifest {
+        Manifest {
+            size: m.size,
+            mtime: m.mtime,
+            chunks: m.chunks,
+            seq: m.seq,
+            committed: m.committed,
+            pieces: BTreeMap::new(),
+        }
+    }
 }
 
 impl Manifest {
@@ -117,11 +187,56 @@ impl Manifest {
             chunks: BTreeMap::new(),
             seq: 0,
             committed: Timestamp::default(),
+            pieces: BTreeMap::new(),
         }
     }
 
-    /// Whole-file digest: BLAKE3 over the size and the (index, chunk hash) list, so it is
-    /// computed without reading data. Equal content in equal chunking gives equal digests.
+    /// Decodes an index value of any store format: format 3 appends the pieces to what
+    /// formats 1 and 2 stored.
+    pub fn decode_stored(bytes: &[u8]) -> Result<Manifest, postcard::Error> {
+        let (legacy, rest) = postcard::take_from_bytes::<LegacyManifest>(bytes)?;
+        let mut m = Manifest::from(legacy);
+        if !rest.is_empty() {
+            m.pieces = postcard::from_bytes(rest)?;
+        }
+        Ok(m)
+    }
+
+    /// What slot `idx` holds (None: a hole).
+    pub fn slot(&self, idx: u64) -> Option<SlotContent> {
+        match self.chunks.get(&idx) {
+            Some(id) => Some(SlotContent::Whole(*id)),
+            None => self.pieces.get(&idx).map(|p| SlotContent::Pieces(p.clone())),
+        }
+    }
+
+    /// Every slot that is not a hole, in order.
+    pub fn slots(&self) -> Vec<(u64, SlotContent)> {
+        let mut out: Vec<(u64, SlotContent)> =
+            self.chunks.iter().map(|(i, c)| (*i, SlotContent::Whole(*c))).collect();
+        out.extend(self.pieces.iter().map(|(i, p)| (*i, SlotContent::Pieces(p.clone()))));
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
+
+    pub fn set_slot(&mut self, idx: u64, content: SlotContent) {
+        match content {
+            SlotContent::Whole(id) => {
+                self.chunks.insert(idx, id);
+            }
+            SlotContent::Pieces(p) => {
+                self.pieces.insert(idx, p);
+            }
+        }
+    }
+
+    /// Every chunk reference, once per whole slot and once per piece: each holds one count.
+    pub fn chunk_refs(&self) -> impl Iterator<Item = &ChunkId> {
+        self.chunks.values().chain(self.pieces.values().flatten().map(|p| &p.chunk))
+    }
+
+    /// Whole-file digest: BLAKE3 over the size and the slots' chunk hashes, so it is computed
+    /// without reading data. Equal content in equal chunking gives equal digests.
     pub fn digest(&self) -> Hash {
         let mut h = blake3::Hasher::new();
         h.update(&self.size.to_le_bytes());
@@ -129,6 +244,15 @@ impl Manifest {
             h.update(&idx.to_le_bytes());
             h.update(&c.hash);
             h.update(&c.len.to_le_bytes());
+        }
+        for (idx, pieces) in &self.pieces {
+            h.update(&idx.to_le_bytes());
+            for p in pieces {
+                for n in [p.at, p.len, p.within, p.chunk.len] {
+                    h.update(&n.to_le_bytes());
+                }
+                h.update(&p.chunk.hash);
+            }
         }
         *h.finalize().as_bytes()
     }
@@ -157,11 +281,12 @@ pub enum Op {
         parent: Ino,
         name: Vec<u8>,
     },
-    /// A new generation; chunk reference counts rise only the first time it is applied.
-    PutGeneration {
+    /// A new generation as store formats 1 and 2 wrote it; decoded records carry
+    /// [`Op::PutGeneration`] instead (`Record::upgraded`).
+    PutLegacyGeneration {
         ino: Ino,
         gen: u64,
-        manifest: Manifest,
+        manifest: LegacyManifest,
     },
     PutXattr {
         ino: Ino,
@@ -215,6 +340,13 @@ pub enum Op {
         count: u64,
         len: u32,
     },
+    /// A new generation; chunk reference counts rise only the first time it is applied. New
+    /// in store format 3 (its manifest may hold pieces).
+    PutGeneration {
+        ino: Ino,
+        gen: u64,
+        manifest: Manifest,
+    },
 }
 
 /// A journal record: one atomic, ordered change of the store.
@@ -223,4 +355,17 @@ pub struct Record {
     pub seq: u64,
     pub time: Timestamp,
     pub ops: Vec<Op>,
+}
+
+impl Record {
+    /// The record with operations of older formats in their current form.
+    pub fn upgraded(mut self) -> Record {
+        for op in &mut self.ops {
+            if let Op::PutLegacyGeneration { ino, gen, manifest } = op {
+                let manifest = Manifest::from(manifest.clone());
+                *op = Op::PutGeneration { ino: *ino, gen: *gen, manifest };
+            }
+        }
+        self
+    }
 }

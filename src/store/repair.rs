@@ -231,7 +231,7 @@ impl Store {
                 continue;
             }
             for (_, m) in self.index.generations(ino)? {
-                for c in m.chunks.values() {
+                for c in m.chunk_refs() {
                     counted.entry(c.hash).or_insert((0, c.len)).0 += 1;
                 }
             }

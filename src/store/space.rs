@@ -201,7 +201,7 @@ impl Store {
             if freed >= need {
                 break;
             }
-            for c in e.manifest.chunks.values() {
+            for c in e.manifest.chunk_refs() {
                 if let Some(entry) = counts.get_mut(&c.hash) {
                     entry.0 = entry.0.saturating_sub(1);
                     if entry.0 == 0 {

@@ -495,6 +495,121 @@ fn random_writes_and_truncates_match_a_model() {
     }
 }
 
+/// Bytes in `chunks/` (what the store keeps of file data).
+fn chunk_bytes(store_path: &Path) -> u64 {
+    files_in(&store_path.join("chunks")).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+}
+
+/// Most pieces any slot of any generation of `ino` holds.
+fn most_pieces(store: &Store, ino: Ino) -> usize {
+    let gens = store.generations(ino).unwrap();
+    gens.iter().flat_map(|(_, m)| m.pieces.values().map(Vec::len)).max().unwrap_or(0)
+}
+
+#[test]
+fn small_edits_are_stored_as_pieces_and_match_a_model() {
+    const BIG: u64 = 64 << 10;
+    let (_tmp, path, store) = new_store(BIG);
+    let ino = create_file(&store, ROOT_INO, "f");
+    let mut rng = Rng::new(7);
+    let mut model = pattern(1, 4 * BIG as usize);
+    write_and_commit(&store, ino, 0, &model);
+    let mut committed: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut draft = store.new_draft(ino).unwrap();
+    for step in 0..1500 {
+        match rng.below(12) {
+            0..=8 => {
+                // Mostly small writes near one another: slots fill with pieces and merge.
+                let offset = rng.below(model.len() as u64 + 3000) as usize;
+                let len = 1 + rng.below(3000) as usize;
+                let data = if rng.below(8) == 0 { vec![0; len] } else { pattern(step, len) };
+                draft.write(offset as u64, &data, store.chunks()).unwrap();
+                if model.len() < offset + len {
+                    model.resize(offset + len, 0);
+                }
+                model[offset..offset + len].copy_from_slice(&data);
+            }
+            9 if rng.below(8) == 0 => {
+                let size = rng.below(5 * BIG) as usize;
+                draft.truncate(size as u64, store.chunks()).unwrap();
+                model.resize(size, 0);
+            }
+            _ => {
+                let gen = store.commit(&mut draft).unwrap().gen;
+                assert_eq!(content(&store, ino), model, "step {step}");
+                committed.push((gen, model.clone()));
+            }
+        }
+    }
+    assert!(committed.len() > 100);
+    assert!(most_pieces(&store, ino) <= 48, "a slot holds {} pieces", most_pieces(&store, ino));
+    assert!(store.generations(ino).unwrap().iter().any(|(_, m)| !m.pieces.is_empty()));
+    drop(draft);
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    for (gen, bytes) in &committed {
+        assert_eq!(&generation_content(&store, ino, *gen), bytes, "generation {gen} after reopen");
+    }
+    assert!(store.check().unwrap().is_clean(), "{:?}", store.check().unwrap());
+}
+
+#[test]
+fn an_append_stores_what_was_appended_not_the_chunk() {
+    // The case: a 3.2 MB log appended to 200 times, 1 KiB each, in 1 MiB chunks.
+    const MIB: u64 = 1 << 20;
+    let (_tmp, path, store) = new_store(MIB);
+    let ino = create_file(&store, ROOT_INO, "log");
+    let mut model = pattern(1, 3_200_000);
+    write_and_commit(&store, ino, 0, &model);
+    let before = chunk_bytes(&path);
+    for i in 0..200u64 {
+        let line = pattern(100 + i, 1024);
+        let at = model.len() as u64;
+        let stored = chunk_bytes(&path);
+        write_and_commit(&store, ino, at, &line);
+        model.extend_from_slice(&line);
+        // No append re-stores its chunk; a merge of small pieces now and then re-stores those.
+        assert!(
+            chunk_bytes(&path) - stored <= 128 << 10,
+            "append {i} stored {}",
+            chunk_bytes(&path) - stored
+        );
+    }
+    let per_byte = (chunk_bytes(&path) - before) as f64 / (200 * 1024) as f64;
+    eprintln!("200 appends of 1 KiB: {per_byte:.2} stored bytes per appended byte");
+    assert!(per_byte <= 5.0, "{per_byte} stored bytes per appended byte");
+    assert_eq!(content(&store, ino), model);
+}
+
+#[test]
+fn a_small_edit_stores_a_piece_not_the_chunk() {
+    const MIB: u64 = 1 << 20;
+    let (_tmp, path, store) = new_store(MIB);
+    let ino = create_file(&store, ROOT_INO, "big");
+    let mut model = pattern(1, 4 * MIB as usize);
+    write_and_commit(&store, ino, 0, &model);
+    let before = chunk_bytes(&path);
+    let mut rng = Rng::new(3);
+    const EDITS: u64 = 300;
+    let mut history = Vec::new();
+    for i in 0..EDITS {
+        let at = rng.below(4 * MIB - 4096) as usize;
+        let edit = pattern(1000 + i, 4096);
+        let gen = write_and_commit(&store, ino, at as u64, &edit);
+        model[at..at + 4096].copy_from_slice(&edit);
+        history.push((gen, model.clone()));
+    }
+    // 75 edits per chunk: pieces pile up past the bound and merge, and still cost about
+    // what changed.
+    let per_edit = (chunk_bytes(&path) - before) / EDITS;
+    eprintln!("{EDITS} edits of 4 KiB in 4 MiB: {} KiB stored per edit", per_edit >> 10);
+    assert!(per_edit <= 64 << 10, "{per_edit} bytes stored per 4 KiB edit");
+    assert_eq!(content(&store, ino), model);
+    for (gen, bytes) in history.iter().step_by(17) {
+        assert_eq!(&generation_content(&store, ino, *gen), bytes, "generation {gen}");
+    }
+}
+
 #[test]
 fn writes_past_the_size_limit_are_efbig() {
     let (_tmp, _path, store) = new_store(CS);
@@ -703,8 +818,15 @@ fn a_new_generation_shares_unchanged_chunks() {
     assert_eq!(chunk_files(&path), 4);
     let (one, two) = (store.generation(ino, 1).unwrap(), store.generation(ino, 2).unwrap());
     assert_eq!(one.chunks[&0], two.chunks[&0]);
-    assert_ne!(one.chunks[&1], two.chunks[&1]);
     assert_eq!(one.chunks[&2], two.chunks[&2]);
+    // The edited slot keeps its stored bytes around the edit, and stores only the edit.
+    assert!(!two.chunks.contains_key(&1));
+    let pieces = &two.pieces[&1];
+    let layout: Vec<(u32, u32, u32)> = pieces.iter().map(|p| (p.at, p.len, p.within)).collect();
+    assert_eq!(layout, [(0, 10, 0), (10, 4, 0), (14, CS as u32 - 14, 14)]);
+    assert_eq!((pieces[0].chunk, pieces[2].chunk), (one.chunks[&1], one.chunks[&1]));
+    assert_eq!(pieces[1].chunk.len, 4);
+    assert_eq!(store.index.chunk_refs(&one.chunks[&1].hash).unwrap(), 3);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -854,7 +854,7 @@ impl Store {
             // What the planned drops would free.
             for (owner, gen, _) in &report.dropped {
                 if let Some(m) = self.index.generation(*owner, *gen)? {
-                    for c in m.chunks.values() {
+                    for c in m.chunk_refs() {
                         if let Some(entry) = counts.get_mut(&c.hash) {
                             entry.0 = entry.0.saturating_sub(1);
                         }
@@ -899,7 +899,7 @@ impl Store {
                 s.generations += 1;
                 s.logical_bytes += m.size;
                 if named_file && gen == inode.gen {
-                    live.extend(m.chunks.values().map(|c| c.hash));
+                    live.extend(m.chunk_refs().map(|c| c.hash));
                 }
             }
         }
