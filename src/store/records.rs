@@ -369,3 +369,50 @@ impl Record {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(n: u8, len: u32) -> ChunkId {
+        ChunkId { hash: [n; 32], len }
+    }
+
+    /// What formats 1 and 2 wrote still reads: an index value as the same manifest without
+    /// pieces, a journal record's generation as the current op.
+    #[test]
+    fn manifests_and_records_of_formats_1_and_2_decode() {
+        let legacy = LegacyManifest {
+            size: 5000,
+            mtime: Timestamp { secs: 7, nanos: 8 },
+            chunks: [(0, chunk(1, 4096)), (1, chunk(2, 904))].into_iter().collect(),
+            seq: 9,
+            committed: Timestamp { secs: 10, nanos: 0 },
+        };
+        let bytes = postcard::to_stdvec(&legacy).unwrap();
+        let read = Manifest::decode_stored(&bytes).unwrap();
+        assert_eq!(read, Manifest::from(legacy.clone()));
+        assert!(read.pieces.is_empty());
+
+        let mut with_pieces = read.clone();
+        let piece = Piece { at: 10, len: 20, chunk: chunk(3, 30), within: 5 };
+        with_pieces.pieces.insert(2, vec![piece]);
+        let bytes = postcard::to_stdvec(&with_pieces).unwrap();
+        assert_eq!(Manifest::decode_stored(&bytes).unwrap(), with_pieces);
+        assert_eq!(with_pieces.chunk_refs().count(), 3);
+        assert_ne!(with_pieces.digest(), read.digest());
+
+        let old = Record {
+            seq: 3,
+            time: Timestamp::default(),
+            ops: vec![
+                Op::PutLegacyGeneration { ino: 5, gen: 1, manifest: legacy.clone() },
+                Op::DelGeneration { ino: 5, gen: 0 },
+            ],
+        };
+        let decoded: Record = postcard::from_bytes(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        let upgraded = decoded.upgraded();
+        assert_eq!(upgraded.ops[0], Op::PutGeneration { ino: 5, gen: 1, manifest: Manifest::from(legacy) });
+        assert_eq!(upgraded.ops[1], Op::DelGeneration { ino: 5, gen: 0 });
+    }
+}
