@@ -87,6 +87,79 @@ fn copy_file_range_within_a_file_refuses_overlap() {
     assert!(std::fs::read(&p).unwrap() == data);
 }
 
+/// Chunk files in the store: what a copy by reference must not add to.
+fn chunk_files(m: &Mounted) -> usize {
+    let (ok, out) = sh(&format!("find '{}' -type f | wc -l", m.store.join("chunks").display()));
+    assert!(ok);
+    out.trim().parse().unwrap()
+}
+
+/// A copy shares the source's chunks (issue 15): `cp --reflink=auto` (which falls back to
+/// copy_file_range here) and copy_file_range at slot boundaries add no chunk, even for a slot
+/// an edit split into pieces (a byte copy would store that slot whole, as a new chunk). The
+/// copy keeps its data when the source is rewritten and gc drops every old generation, also
+/// while the copy is still open and uncommitted.
+#[test]
+fn copies_share_chunks_and_outlive_the_source() {
+    const MIB: usize = 1 << 20;
+    let mut m = Mounted::new("reflink");
+    let src = m.path("src");
+    let mut data: Vec<u8> = (0..3 * MIB + 100_000).map(|i| (i * 7 % 253) as u8).collect();
+    write_file(&src, &data).unwrap();
+    // An edit inside slot 1: that slot becomes pieces.
+    let edit = OpenOptions::new().write(true).open(&src).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&edit, &[0xEE; 4096], (MIB + 8192) as u64).unwrap();
+    drop(edit);
+    data[MIB + 8192..MIB + 12288].fill(0xEE);
+    let chunks = chunk_files(&m);
+
+    let (ok, out) = sh(&format!("cp --reflink=auto '{}' '{}'", src.display(), m.path("cp").display()));
+    assert!(ok, "cp: {out}");
+    assert!(std::fs::read(m.path("cp")).unwrap() == data, "cp copied other bytes");
+    assert_eq!(chunk_files(&m), chunks, "cp stored chunks of its own");
+
+    // Into the middle of a bigger file: whole slots are shared, the source's last, partial
+    // slot is copied byte by byte (the target's bytes after it stay).
+    let big = m.path("big");
+    write_file(&big, &vec![0x55; 5 * MIB]).unwrap();
+    let reader = File::open(&src).unwrap();
+    let target = OpenOptions::new().write(true).open(&big).unwrap();
+    assert_eq!(copy_range(&reader, 0, &target, MIB as u64, data.len()), Ok(data.len()));
+    drop(target);
+    let mut expected = vec![0x55; 5 * MIB];
+    expected[MIB..MIB + data.len()].copy_from_slice(&data);
+    assert!(std::fs::read(&big).unwrap() == expected, "copy into a bigger file went wrong");
+    drop(reader);
+
+    // Copied but not yet closed when the source is rewritten and gc keeps only current
+    // generations: the copy's chunks (which nothing else shares) are kept for it.
+    let lone = m.path("lone");
+    let lone_data: Vec<u8> = (0..2 * MIB).map(|i| (i * 13 % 251) as u8).collect();
+    write_file(&lone, &lone_data).unwrap();
+    let reader = File::open(&lone).unwrap();
+    let open_copy = m.path("open-copy");
+    let target = OpenOptions::new().write(true).create(true).truncate(true).open(&open_copy).unwrap();
+    assert_eq!(copy_range(&reader, 0, &target, 0, lone_data.len()), Ok(lone_data.len()));
+    drop(reader);
+    xattr::set(&m.mnt, "user.genfs.retention", b"keep-last=0").unwrap();
+    write_file(&lone, b"rewritten").unwrap();
+    // The kernel forgets the source's old node, which would keep its generation too.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    xattr::set(&m.mnt, "user.genfs.gc", b"run").unwrap();
+    let report = crate::util::getfattr(&m.mnt, "user.genfs.gc").unwrap();
+    assert!(!report.contains("dropped 0 generations"), "gc dropped nothing: {report}");
+    drop(target);
+    xattr::set(&m.mnt, "user.genfs.gc", b"run").unwrap();
+    m.unmount();
+    let out = Command::new(crate::util::genfs_bin()).arg("fsck").arg(&m.store).output().unwrap();
+    assert!(out.status.success(), "fsck after copies: {}", String::from_utf8_lossy(&out.stdout));
+    m.mount();
+    for (name, want) in [("src", &data), ("cp", &data), ("big", &expected), ("open-copy", &lone_data)] {
+        assert!(std::fs::read(m.path(name)).unwrap() == *want, "{name} lost its data");
+    }
+    assert_eq!(std::fs::read(&lone).unwrap(), b"rewritten");
+}
+
 #[test]
 fn mount_right_after_an_unmount_waits_for_the_old_daemon() {
     let mut m = Mounted::new("remount-at-once");

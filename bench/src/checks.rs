@@ -25,6 +25,14 @@ pub fn judge(r: &mut Report, sizes: &Sizes) {
     ratio_check(r, "W1 write ≥ 0.8 × native (write+fsync)", "W1.write", native, 0.8);
     ratio_check(r, "W2 cold read ≥ 0.8 × native", "W2.cold", native, 0.8);
     ratio_check(r, "W2 warm read ≥ 0.9 × native", "W2.warm", native, 0.9);
+    let copy = format!(
+        "W2 cp --reflink=auto of the {} file < 50 ms",
+        crate::workloads::size_name(sizes.big_file_bytes)
+    );
+    match r.genfs("W2.copy") {
+        Some(ms) => r.check(copy, format!("{} ms", fmt_value(ms)), Some(ms < 50.0)),
+        None => r.check(copy, "not measured", None),
+    }
     for t in [1, 4] {
         ratio_check(
             r,

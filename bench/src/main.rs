@@ -109,6 +109,7 @@ fn workloads(
     }
     if opts.wants("W2") {
         timed("W2 sequential read", &mut |r| workloads::w2(&targets, sizes, runs, r))?;
+        timed("W2 copy", &mut |r| workloads::w2_copy(&targets, sizes, runs, r))?;
     }
     if opts.wants("W3") {
         timed("W3 random reads", &mut |r| workloads::w3(&targets, sizes, runs, r))?;

@@ -172,6 +172,30 @@ pub fn w2(targets: &[Target], sizes: &Sizes, runs: usize, report: &mut Report) -
     })
 }
 
+/// W2 copy: `cp --reflink=auto` of the W2 file within its filesystem, durable (the peers: cp,
+/// then fsync of the copy; genfs: cp, whose close commits). genfs shares the chunks.
+pub fn w2_copy(targets: &[Target], sizes: &Sizes, runs: usize, report: &mut Report) -> anyhow::Result<()> {
+    let label = format!(
+        "W2 cp --reflink=auto of the {} file (+fsync; genfs: close)",
+        size_name(sizes.big_file_bytes)
+    );
+    interleave(targets, runs, report, "W2 copy", |t, rep| {
+        let copy = t.root.join(format!("w2-copy-{rep}.dat"));
+        util::sync_all();
+        let ((), d) = util::time(|| {
+            let status = Command::new("cp").arg("--reflink=auto").arg(big_file(t)).arg(&copy).status()?;
+            ensure!(status.success(), "cp {} {}: {status}", big_file(t).display(), copy.display());
+            if t.needs_fsync() {
+                File::open(&copy)?.sync_all()?;
+            }
+            Ok(())
+        })?;
+        ensure!(std::fs::metadata(&copy)?.len() == sizes.big_file_bytes, "the copy has another size");
+        std::fs::remove_file(&copy).with_context(|| format!("rm {}", copy.display()))?;
+        Ok(vec![sample("W2.copy", label.as_str(), "ms", Better::Lower, util::ms(d))])
+    })
+}
+
 pub fn w3(targets: &[Target], sizes: &Sizes, runs: usize, report: &mut Report) -> anyhow::Result<()> {
     let cases = [(1usize, false), (1, true), (4, false), (4, true)];
     let name = size_name(sizes.big_file_bytes);

@@ -114,7 +114,11 @@ pub(super) fn groups_of(tid: u32) -> Vec<u32> {
 }
 
 pub enum HandleKind {
-    Reader(Arc<Manifest>),
+    /// Generation `gen` of the handle's file (or of a view's), read from `manifest`.
+    Reader {
+        gen: u64,
+        manifest: Arc<Manifest>,
+    },
     Writer(Writer),
 }
 
@@ -130,7 +134,7 @@ impl Handle {
     pub fn writer(&self) -> Option<&Writer> {
         match &self.kind {
             HandleKind::Writer(w) => Some(w),
-            HandleKind::Reader(_) => None,
+            HandleKind::Reader { .. } => None,
         }
     }
 }
@@ -214,9 +218,16 @@ impl OpenFiles {
         self.map.lock().get(&ino).cloned()
     }
 
-    /// (file, base generation) of every open draft: its untouched chunks come from there.
+    /// (file, base generation) of every open draft, where its untouched chunks come from,
+    /// and the generations whose chunks it shares by a copy not yet committed.
     pub fn pinned(&self) -> Vec<(Ino, u64)> {
         let files: Vec<Arc<OpenFile>> = self.map.lock().values().cloned().collect();
-        files.iter().map(|f| (f.ino, f.slot.lock().draft.base_gen)).collect()
+        let mut pinned = Vec::with_capacity(files.len());
+        for f in &files {
+            let slot = f.slot.lock();
+            pinned.push((f.ino, slot.draft.base_gen));
+            pinned.extend_from_slice(&slot.draft.borrowed);
+        }
+        pinned
     }
 }

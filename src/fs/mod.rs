@@ -22,7 +22,7 @@ mod version_xattrs;
 mod view_ops;
 
 use crate::store::records::{Ino, Inode, Kind, Timestamp, ROOT_INO};
-use crate::store::{NewNode, RenameMode, SetAttrs, Store, StoreError, StoreResult, XattrMode};
+use crate::store::{Draft, NewNode, RenameMode, SetAttrs, Store, StoreError, StoreResult, XattrMode};
 use crate::versions::views::{self, View, Views};
 use attr::{kind_from_mode, to_attr};
 use crossbeam_channel::{Receiver, Sender};
@@ -504,11 +504,28 @@ impl Core {
     }
 
     fn write_handle(&self, fh: u64, offset: u64, data: &[u8], by: ChangedBy) -> StoreResult<u32> {
+        self.change_draft(fh, data.len() as u64, by, |draft, w| {
+            let offset = if w.append { draft.size } else { offset };
+            draft.write(offset, data, self.store.chunks())?;
+            Ok(data.len() as u32)
+        })
+    }
+
+    /// Runs `change` on the draft behind writable handle `fh` with the checks every change of
+    /// its bytes needs (a writable store, `space` bytes to spare, the handle's epoch still the
+    /// draft's (G5), no chattr +i), and records who changed it.
+    fn change_draft<T>(
+        &self,
+        fh: u64,
+        space: u64,
+        by: ChangedBy,
+        change: impl FnOnce(&mut Draft, &Writer) -> StoreResult<T>,
+    ) -> StoreResult<T> {
         let handle = self.handles.get(fh).ok_or(StoreError::InvalidArgument)?;
         let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
         self.store.check_writable()?;
         // Before the draft's lock: thinning for space reads every draft's base generation.
-        self.ensure_space(data.len() as u64)?;
+        self.ensure_space(space)?;
         let mut slot = w.file.slot.lock();
         if slot.epoch != w.epoch || slot.draft.failed {
             return Err(StoreError::io("write", std::io::Error::from_raw_os_error(libc::EIO)));
@@ -516,11 +533,10 @@ impl Core {
         if w.file.immutable.load(Ordering::SeqCst) {
             return Err(StoreError::NotPermitted);
         }
-        let offset = if w.append { slot.draft.size } else { offset };
-        slot.draft.write(offset, data, self.store.chunks())?;
+        let out = change(&mut slot.draft, w)?;
         w.changers.lock().record(by);
         w.only_truncated.store(false, Ordering::SeqCst);
-        Ok(data.len() as u32)
+        Ok(out)
     }
 
     /// Drops setuid, and setgid when group-executable (the kernel's should_remove_suid), from
@@ -554,10 +570,17 @@ impl Core {
         if source.ino == target.ino && overlap && self.views.get(source.nodeid).is_none() {
             return Err(StoreError::InvalidArgument);
         }
+        let chunk_size = self.store.chunks().chunk_size;
         let mut copied = 0;
         while copied < len {
-            let want = (len - copied).min(CHUNK);
-            let data = self.read_handle(&source, from.1 + copied, want as u32)?;
+            let at = from.1 + copied;
+            if let Some(n) = self.copy_by_reference(&source, at, (to.0, to.1 + copied), len - copied, tid)? {
+                copied += n;
+                continue;
+            }
+            // Up to the source's next slot boundary: ranges equally far from one align there.
+            let want = (len - copied).min(CHUNK).min(chunk_size - at % chunk_size);
+            let data = self.read_handle(&source, at, want as u32)?;
             if data.is_empty() {
                 break;
             }
@@ -569,9 +592,37 @@ impl Core {
         Ok(copied as u32)
     }
 
+    /// Copies the committed slot that starts at `at` in the source by reference, as a reflink
+    /// does: the target's slot at `to` then holds the same chunks and no byte is copied. Only
+    /// where both offsets start a slot and the copy covers the slot (or the source's rest);
+    /// returns the bytes copied so, or None to copy bytes.
+    fn copy_by_reference(
+        &self,
+        source: &Handle,
+        at: u64,
+        to: (u64, u64),
+        len: u64,
+        tid: u32,
+    ) -> StoreResult<Option<u64>> {
+        let HandleKind::Reader { gen, manifest } = &source.kind else { return Ok(None) };
+        let chunk_size = self.store.chunks().chunk_size;
+        if at % chunk_size != 0 || to.1 % chunk_size != 0 || at >= manifest.size {
+            return Ok(None);
+        }
+        let n = (manifest.size - at).min(chunk_size);
+        if n > len {
+            return Ok(None);
+        }
+        let content = manifest.slot(at / chunk_size);
+        let shared = self.change_draft(to.0, 0, ChangedBy::Thread(tid), |draft, _| {
+            draft.share_slot(to.1 / chunk_size, content, n, (source.ino, *gen), chunk_size)
+        })?;
+        Ok(shared.then_some(n))
+    }
+
     fn read_handle(&self, handle: &Handle, offset: u64, size: u32) -> StoreResult<Vec<u8>> {
         match &handle.kind {
-            HandleKind::Reader(m) => self.store.read(m, offset, size),
+            HandleKind::Reader { manifest, .. } => self.store.read(manifest, offset, size),
             HandleKind::Writer(w) => w.file.slot.lock().draft.read(offset, size, self.store.chunks()),
         }
     }
@@ -598,7 +649,7 @@ impl Core {
             let fh = self.handles.insert(Handle {
                 nodeid,
                 ino,
-                kind: HandleKind::Reader(manifest),
+                kind: HandleKind::Reader { gen, manifest },
                 created: false,
             });
             return Ok((fh, FopenFlags::FOPEN_KEEP_CACHE));
@@ -611,7 +662,7 @@ impl Core {
             let fh = self.handles.insert(Handle {
                 nodeid,
                 ino: node.ino,
-                kind: HandleKind::Reader(node.manifest),
+                kind: HandleKind::Reader { gen: node.gen, manifest: node.manifest },
                 created,
             });
             // strictatime: every open's reads reach the daemon, which sets the atime.
@@ -1682,21 +1733,13 @@ impl Filesystem for GenFs {
             let handle = c.handles.get(fh.0).ok_or(StoreError::InvalidArgument)?;
             let end = offset.checked_add(length).ok_or(StoreError::FileTooBig)?;
             let w = handle.writer().ok_or(StoreError::InvalidArgument)?;
-            if w.file.immutable.load(Ordering::SeqCst) {
-                return Err(StoreError::NotPermitted);
-            }
             // The space is not reserved (a new generation's blocks are written at close), but
-            // a request for more than the store has left is refused now, as ext4 does; outside
-            // the draft's lock, which thinning for space takes.
+            // a request for more than the store has left is refused now, as ext4 does.
             let grow = end.saturating_sub(w.file.slot.lock().draft.size);
-            c.ensure_space(grow)?;
-            let mut slot = w.file.slot.lock();
-            if end > slot.draft.size {
-                slot.draft.truncate(end, c.store.chunks())?;
-                w.changers.lock().record(ChangedBy::Thread(req.pid()));
-                w.only_truncated.store(false, Ordering::SeqCst);
-            }
-            Ok(())
+            c.change_draft(fh.0, grow, ChangedBy::Thread(req.pid()), |draft, _| match end > draft.size {
+                true => draft.truncate(end, c.store.chunks()),
+                false => Ok(()),
+            })
         })();
         reply_empty(reply, result);
     }

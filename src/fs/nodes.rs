@@ -98,11 +98,25 @@ struct Node {
     tainted: bool,
     /// Made for a refused reader's retry: refuses writers.
     readers_only: bool,
+    /// The public reader node of its generation (lookups of that generation return it).
+    public: bool,
+    /// The file's writer node.
+    writer: bool,
 }
 
 impl Node {
     fn new(gen: u64, manifest: Arc<Manifest>) -> Node {
-        Node { gen, manifest, lookups: 1, readers: 0, writers: 0, tainted: false, readers_only: false }
+        Node {
+            gen,
+            manifest,
+            lookups: 1,
+            readers: 0,
+            writers: 0,
+            tainted: false,
+            readers_only: false,
+            public: false,
+            writer: false,
+        }
     }
 
     fn unused(&self) -> bool {
@@ -110,17 +124,42 @@ impl Node {
     }
 }
 
-/// The nodes of one file.
+/// The nodes of one file. Which is public or the writer is a flag of the node, not a table
+/// of its own: one small vector per file the kernel caches, which at a million files is most
+/// of the daemon's memory.
 #[derive(Default)]
 struct FileNodes {
     nodes: SmallMap<u32, Node>,
-    /// The public reader node of each generation looked up.
-    current: SmallMap<u64, u32>,
-    /// The writer node, while it lives.
-    writer: Option<u32>,
 }
 
 impl FileNodes {
+    /// The public reader node of generation `gen`.
+    fn current(&self, gen: u64) -> Option<u32> {
+        self.nodes.find(|n| n.public && n.gen == gen)
+    }
+
+    fn set_current(&mut self, gen: u64, slot: u32) {
+        for (s, n) in self.nodes.iter_mut().filter(|(_, n)| n.gen == gen) {
+            n.public = *s == slot;
+        }
+    }
+
+    /// The writer node, while it lives.
+    fn writer(&self) -> Option<u32> {
+        self.nodes.find(|n| n.writer)
+    }
+
+    /// Makes `slot` the writer node (tainted: it never serves readers again).
+    fn set_writer(&mut self, slot: u32) {
+        for (s, n) in self.nodes.iter_mut() {
+            n.writer = *s == slot;
+            if n.writer {
+                n.tainted = true;
+                n.public = false;
+            }
+        }
+    }
+
     fn free_slot(&self) -> Option<u32> {
         if !self.nodes.contains_key(&0) {
             return Some(0);
@@ -184,14 +223,11 @@ impl Nodes {
     pub fn created(&self, ino: Ino, writable: bool) -> StoreResult<u64> {
         let mut inner = self.inner.lock();
         let file = inner.files.entry(ino).or_default();
-        let slot = insert(file, ino, 0, Arc::new(Manifest::empty()))?;
+        let slot = insert(file, ino, 0, Manifest::shared_empty())?;
         if writable {
-            if let Some(node) = file.nodes.get_mut(&slot) {
-                node.tainted = true;
-            }
-            file.writer = Some(slot);
+            file.set_writer(slot);
         } else {
-            file.current.insert(0, slot);
+            file.set_current(0, slot);
         }
         Ok(node_id(ino, slot))
     }
@@ -210,17 +246,14 @@ impl Nodes {
         redirected.retain(|_, r| r.since.elapsed() < REDIRECT_LIFETIME);
         let file = files.entry(ino).or_default();
         let slot = match redirected.get_mut(&(ino, tid)) {
-            Some(r) if r.role == Role::Writer => match file.writer {
+            Some(r) if r.role == Role::Writer => match file.writer() {
                 Some(w) => {
                     r.node = Some(w);
                     bump(file, w)
                 }
                 None => {
                     let w = insert(file, ino, gen, manifest()?)?;
-                    if let Some(node) = file.nodes.get_mut(&w) {
-                        node.tainted = true;
-                    }
-                    file.writer = Some(w);
+                    file.set_writer(w);
                     r.node = Some(w);
                     w
                 }
@@ -239,11 +272,11 @@ impl Nodes {
                     }
                 }
             }
-            None => match file.current.get(&gen).copied() {
+            None => match file.current(gen) {
                 Some(c) => bump(file, c),
                 None => {
                     let c = insert(file, ino, gen, manifest()?)?;
-                    file.current.insert(gen, c);
+                    file.set_current(gen, c);
                     c
                 }
             },
@@ -266,8 +299,8 @@ impl Nodes {
             Some(node) => node.lookups += 1,
             None => {
                 file.nodes.insert(slot, Node::new(gen, manifest()?));
-                if !file.current.contains_key(&gen) {
-                    file.current.insert(gen, slot);
+                if file.current(gen).is_none() {
+                    file.set_current(gen, slot);
                 }
             }
         }
@@ -306,7 +339,7 @@ impl Nodes {
         let file = files.get_mut(&ino).ok_or(Redirect)?;
         // The writer node stays the writers' while one has it open or a redirected thread is
         // on its way to it; otherwise any node without readers may take over.
-        let active_writer = file.writer.filter(|&w| {
+        let active_writer = file.writer().filter(|&w| {
             file.nodes.get(&w).is_some_and(|n| n.writers > 0)
                 || redirected
                     .iter()
@@ -321,18 +354,18 @@ impl Nodes {
             return Err(redirect(redirected, ino, tid, Role::Writer));
         }
         node.writers += 1;
-        node.tainted = true;
         let opened = FileNode { ino, gen: node.gen, manifest: node.manifest.clone(), tainted: true };
-        file.writer = Some(slot);
-        file.current.retain(|_, s| *s != slot);
+        file.set_writer(slot);
         redirected.remove(&(ino, tid));
         Ok(opened)
     }
 
-    /// (file, generation) of every node the kernel or a handle still uses (gc keeps them).
-    pub fn pinned(&self) -> Vec<(Ino, u64)> {
+    /// Adds (file, generation) of every node the kernel or a handle still uses (gc keeps them)
+    /// to `pinned`, grown once: at a million nodes a doubling vector peaks at three times this.
+    pub fn add_pinned(&self, pinned: &mut Vec<(Ino, u64)>) {
         let inner = self.inner.lock();
-        inner.files.iter().flat_map(|(ino, f)| f.nodes.values().map(|n| (*ino, n.gen))).collect()
+        pinned.reserve_exact(inner.files.values().map(|f| f.nodes.len()).sum());
+        pinned.extend(inner.files.iter().flat_map(|(ino, f)| f.nodes.values().map(|n| (*ino, n.gen))));
     }
 
     pub fn close(&self, nodeid: u64, writer: bool) {
@@ -370,12 +403,9 @@ impl Nodes {
         if !node.unused() {
             return;
         }
-        // Nothing may name the slot any more: it can be given to another node at once.
+        // Nothing may name the slot any more (its flags go with it): it can be given to
+        // another node at once.
         file.nodes.remove(&slot);
-        file.current.retain(|_, s| *s != slot);
-        if file.writer == Some(slot) {
-            file.writer = None;
-        }
         for (_, r) in redirected.iter_mut().filter(|((i, _), r)| *i == ino && r.node == Some(slot)) {
             r.node = None;
         }
@@ -426,7 +456,7 @@ mod tests {
     use super::*;
 
     fn empty() -> StoreResult<Arc<Manifest>> {
-        Ok(Arc::new(Manifest::empty()))
+        Ok(Manifest::shared_empty())
     }
 
     #[test]

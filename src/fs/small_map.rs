@@ -50,10 +50,6 @@ impl<K: Ord + Copy, V> SmallMap<K, V> {
         Some(v)
     }
 
-    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        self.entries.retain_mut(|(k, v)| keep(k, v));
-    }
-
     /// Keys in ascending order.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.entries.iter().map(|(k, _)| k)
@@ -61,6 +57,15 @@ impl<K: Ord + Copy, V> SmallMap<K, V> {
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.entries.iter().map(|(_, v)| v)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.entries.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    /// The first key (in ascending order) whose value satisfies `pred`.
+    pub fn find(&self, pred: impl Fn(&V) -> bool) -> Option<K> {
+        self.entries.iter().find(|(_, v)| pred(v)).map(|(k, _)| *k)
     }
 
     pub fn len(&self) -> usize {
@@ -89,8 +94,11 @@ mod tests {
         *m.get_mut(&1).unwrap() += 1;
         assert_eq!(m.remove(&5), Some(50));
         assert!(!m.contains_key(&5) && m.contains_key(&1));
-        m.retain(|k, _| *k != 1);
-        assert_eq!(m.values().copied().collect::<Vec<_>>(), [33]);
+        assert_eq!(m.find(|v| *v > 20), Some(3));
+        m.iter_mut().for_each(|(_, v)| *v += 1);
+        assert_eq!(m.get(&1), Some(&12));
+        m.remove(&1);
+        assert_eq!(m.values().copied().collect::<Vec<_>>(), [34]);
         assert_eq!(m.len(), 1);
     }
 }

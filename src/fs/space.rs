@@ -4,8 +4,8 @@
 
 use super::Core;
 use crate::store::records::{Ino, Timestamp};
-use crate::store::{GcReport, StoreResult};
-use std::collections::{HashSet, VecDeque};
+use crate::store::{GcReport, Pinned, StoreResult};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Space drops remembered for the gc report (older ones are only in the daemon's log).
@@ -101,11 +101,11 @@ impl Core {
     }
 
     /// Every generation a node, view or draft still uses.
-    pub(super) fn pinned_generations(&self) -> HashSet<(Ino, u64)> {
-        let mut pinned: HashSet<(Ino, u64)> = self.nodes.pinned().into_iter().collect();
-        pinned.extend(self.views.pinned());
+    pub(super) fn pinned_generations(&self) -> Pinned {
+        let mut pinned = self.views.pinned();
         pinned.extend(self.files.pinned());
-        pinned
+        self.nodes.add_pinned(&mut pinned);
+        Pinned::from(pinned)
     }
 
     fn record_space_drops(&self, report: &GcReport) {

@@ -156,7 +156,8 @@ impl ChunkStore {
                 StoreError::io(format!("open chunk {}", path.display()), e)
             }
         })?;
-        let bytes = self.read_exact(&file, &path, 0, id.len as usize)?;
+        let mut bytes = vec![0u8; id.len as usize];
+        self.read_exact_at(&file, &id.hash, 0, &mut bytes)?;
         let len =
             file.metadata().map_err(|e| StoreError::io(format!("stat chunk {}", path.display()), e))?.len();
         if len != id.len as u64 {
@@ -172,22 +173,25 @@ impl ChunkStore {
         Ok((file, bytes))
     }
 
-    fn read_exact(&self, file: &File, path: &Path, offset: u64, len: usize) -> StoreResult<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| {
+    /// Fills `buf` from `offset` of a chunk's descriptor; `hash` names the chunk in an error
+    /// (its path is only made then: reads are the hot path).
+    fn read_exact_at(&self, file: &File, hash: &Hash, offset: u64, buf: &mut [u8]) -> StoreResult<()> {
+        file.read_exact_at(buf, offset).map_err(|e| {
+            let path = self.path(hash);
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 StoreError::Corrupted(format!("chunk {} is shorter than recorded", path.display()))
             } else {
                 StoreError::io(format!("read chunk {}", path.display()), e)
             }
-        })?;
-        Ok(buf)
+        })
     }
 
     /// The whole chunk (verified).
     pub fn read_chunk(&self, id: &ChunkId) -> StoreResult<Vec<u8>> {
         let file = self.open(id)?;
-        self.read_exact(&file, &self.path(&id.hash), 0, id.len as usize)
+        let mut bytes = vec![0u8; id.len as usize];
+        self.read_exact_at(&file, &id.hash, 0, &mut bytes)?;
+        Ok(bytes)
     }
 
     /// Copies the chunk's bytes from `within` into `dst`, zeros past the chunk's end.
@@ -198,9 +202,7 @@ impl ChunkStore {
         }
         let n = dst.len().min((len - within) as usize);
         let file = self.open(id)?;
-        let bytes = self.read_exact(&file, &self.path(&id.hash), within, n)?;
-        dst[..n].copy_from_slice(&bytes);
-        Ok(())
+        self.read_exact_at(&file, &id.hash, within, &mut dst[..n])
     }
 
     /// Copies a slot's bytes from `within` into `dst`, which holds zeros: holes stay zeros.

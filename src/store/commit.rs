@@ -91,6 +91,7 @@ impl Store {
         self.apply(&record)?;
         draft.base_gen = gen;
         draft.dirty = false;
+        draft.borrowed.clear(); // the new generation references those chunks itself
         Ok(inode)
     }
 

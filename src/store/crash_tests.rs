@@ -24,7 +24,7 @@ use super::check::{CheckOptions, CheckReport};
 use super::config::CHUNK_BYTES_MIN;
 use super::crashsim::{CrashSim, CrashState, Event, FsModel, IndexImage, Mark, Pick, Rng};
 use super::records::{Ino, Kind, ROOT_INO};
-use super::{Draft, NewNode, RenameMode, SetAttrs, Store, StoreError, XattrMode};
+use super::{Draft, NewNode, Pinned, RenameMode, SetAttrs, Store, StoreError, XattrMode};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -527,9 +527,13 @@ impl Run {
 
     fn op_gc(&mut self) {
         self.begin("gc".into());
-        // Open drafts read their untouched chunks from their base generation.
-        let pinned: HashSet<(Ino, u64)> =
-            self.drafts.iter().map(|(ino, (d, _))| (*ino, d.base_gen)).collect();
+        // Open drafts read their untouched chunks from their base generation, and their shared
+        // slots from the generations they were copied from.
+        let pinned: Pinned = self
+            .drafts
+            .iter()
+            .flat_map(|(ino, (d, _))| std::iter::once((*ino, d.base_gen)).chain(d.borrowed.iter().copied()))
+            .collect();
         self.store().gc(&pinned, false).unwrap();
         let mut kept: HashMap<Ino, HashSet<Digest>> = HashMap::new();
         for &(_, ino, h) in &self.commits {
@@ -609,6 +613,44 @@ impl Run {
         };
         self.edit(&mut draft, &mut content, false);
         self.drafts.insert(ino, (draft, content));
+        self.end(false);
+    }
+
+    /// A copy by reference (copy_file_range, `cp --reflink`): the open draft of `to` takes the
+    /// slots of `from`'s current generation as they are, and copies bytes where it cannot. It
+    /// stays open, so that crashes between the copy and its first commit are explored too.
+    fn op_copy(&mut self) {
+        let files = self.files();
+        let (Some(from), Some(to)) = (self.pick(&files), self.pick(&files)) else {
+            return self.op_create(Kind::File);
+        };
+        if from == to {
+            return self.op_draft_edit();
+        }
+        self.begin(format!("copy {from} into the open draft of {to} by reference"));
+        let (gen, manifest) = self.store().current_generation(from).unwrap();
+        let source = self.model.node(from).content.to_vec();
+        let (mut draft, mut content) = match self.drafts.remove(&to) {
+            Some(d) => d,
+            None => (self.store().new_draft(to).unwrap(), self.model.node(to).content.to_vec()),
+        };
+        let first_slot = self.rng.below(3);
+        let chunks = self.store.as_ref().unwrap().chunks();
+        for k in 0..manifest.size.div_ceil(CS) {
+            let bytes = &source[(k * CS) as usize..source.len().min(((k + 1) * CS) as usize)];
+            let at = ((first_slot + k) * CS) as usize;
+            if !draft
+                .share_slot(first_slot + k, manifest.slot(k), bytes.len() as u64, (from, gen), CS)
+                .unwrap()
+            {
+                draft.write(at as u64, bytes, chunks).unwrap();
+            }
+            if content.len() < at + bytes.len() {
+                content.resize(at + bytes.len(), 0);
+            }
+            content[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        self.drafts.insert(to, (draft, content));
         self.end(false);
     }
 
@@ -787,7 +829,8 @@ impl Run {
             17..=18 => self.op_create(Kind::Symlink),
             19..=38 => self.op_write_commit(false),
             39..=42 => self.op_write_commit(true),
-            43..=48 => self.op_draft_edit(),
+            43..=46 => self.op_draft_edit(),
+            47..=48 => self.op_copy(),
             49..=52 => self.op_draft_close(true),
             53..=54 => self.op_draft_close(false),
             55..=62 => self.op_rename(),
@@ -1494,7 +1537,7 @@ fn gc_crash_states(skip_journal_sync: bool) -> Vec<(Pick, Vec<String>)> {
     };
     let before = chunk_files();
     super::commit::sabotage::SKIP_GC_JOURNAL_SYNC.with(|c| c.set(skip_journal_sync));
-    let report = store.gc(&HashSet::new(), false);
+    let report = store.gc(&Pinned::default(), false);
     super::commit::sabotage::SKIP_GC_JOURNAL_SYNC.with(|c| c.set(false));
     assert_eq!(report.unwrap().dropped.len(), 2);
     let unlinked: Vec<PathBuf> = before.difference(&chunk_files()).cloned().collect();
@@ -1623,7 +1666,7 @@ fn a_crash_during_gc_pruning_loses_nothing_kept() {
     store.unlink(ROOT_INO, b"scratch").unwrap();
     store.checkpoint().unwrap();
     let gc_from = sim.trace().events.len();
-    store.gc(&HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     drop(store);
     let trace = sim.trace();
     assert!(trace.events.len() > gc_from, "gc did no I/O");
@@ -1641,7 +1684,7 @@ fn a_crash_during_gc_pruning_loses_nothing_kept() {
             "{}",
             at("log")
         );
-        recovered.gc(&HashSet::new(), false).unwrap();
+        recovered.gc(&Pinned::default(), false).unwrap();
         assert_eq!(recovered.log(now).unwrap().len(), 2, "{}", at("second gc"));
         let check = recovered.check().unwrap();
         assert!(check.is_clean(), "{}: {:#?}", at("fsck after a second gc"), check.problems);

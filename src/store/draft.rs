@@ -141,6 +141,9 @@ pub struct Draft {
     pub dirty: bool,
     /// A commit of this draft failed: it must never be published (G5).
     pub failed: bool,
+    /// Generations whose chunks some slot shares since a copy by reference: gc keeps them
+    /// until a commit makes those chunks this file's own references.
+    pub borrowed: Vec<(Ino, u64)>,
     staging_dir: PathBuf,
     /// Chunks whose staging descriptor is open, oldest first.
     open_staged: VecDeque<u64>,
@@ -158,6 +161,7 @@ impl Draft {
             slots: base.slots().into_iter().map(|(i, c)| (i, Slot::Committed(c))).collect(),
             dirty: false,
             failed: false,
+            borrowed: Vec::new(),
             staging_dir,
             open_staged: VecDeque::new(),
         }
@@ -307,6 +311,41 @@ impl Draft {
         self.size = new_size;
         self.touch();
         Ok(())
+    }
+
+    /// Makes slot `idx` hold what a slot of generation `from` holds (`content`; None: a hole)
+    /// without copying a byte: the commit references the same chunks, as a reflink would.
+    /// `len`: the bytes it stands for, a whole slot or the source's slot up to its end. False
+    /// (and nothing changed) where a byte of this draft past `len` in the slot would be lost.
+    pub fn share_slot(
+        &mut self,
+        idx: u64,
+        content: Option<SlotContent>,
+        len: u64,
+        from: (Ino, u64),
+        chunk_size: u64,
+    ) -> StoreResult<bool> {
+        let start = idx.checked_mul(chunk_size).ok_or(StoreError::FileTooBig)?;
+        if start.saturating_add(len) > FILE_BYTES_MAX {
+            return Err(StoreError::FileTooBig);
+        }
+        let overwrites_all = len == chunk_size || self.size <= start + len;
+        if !overwrites_all || content.as_ref().is_some_and(|c| c.len() > len) {
+            return Ok(false);
+        }
+        if let Some(old) = self.slots.remove(&idx) {
+            discard(old);
+        }
+        self.open_staged.retain(|&i| i != idx);
+        if let Some(content) = content {
+            self.slots.insert(idx, Slot::Committed(content));
+        }
+        if !self.borrowed.contains(&from) {
+            self.borrowed.push(from);
+        }
+        self.size = self.size.max(start + len);
+        self.touch();
+        Ok(true)
     }
 
     fn touch(&mut self) {

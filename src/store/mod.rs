@@ -48,7 +48,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-pub use versions::{GcReport, LogEntry, Retention, Stats};
+pub use versions::{GcReport, LogEntry, Pinned, Retention, Stats};
 
 pub const NAME_BYTES_MAX: usize = 255;
 pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
@@ -842,6 +842,9 @@ impl Store {
         let inode = self.inode(ino)?;
         if inode.kind != Kind::File {
             return Err(StoreError::InvalidArgument);
+        }
+        if inode.gen == 0 {
+            return Ok((0, Manifest::shared_empty()));
         }
         Ok((inode.gen, Arc::new(self.generation(ino, inode.gen)?)))
     }

@@ -191,6 +191,14 @@ impl Manifest {
         }
     }
 
+    /// One empty manifest shared by every holder: each node of a file never written (a
+    /// million created files) would otherwise carry its own copy.
+    pub fn shared_empty() -> std::sync::Arc<Manifest> {
+        static EMPTY: std::sync::LazyLock<std::sync::Arc<Manifest>> =
+            std::sync::LazyLock::new(|| std::sync::Arc::new(Manifest::empty()));
+        EMPTY.clone()
+    }
+
     /// Decodes an index value of any store format: format 3 appends the pieces to what
     /// formats 1 and 2 stored.
     pub fn decode_stored(bytes: &[u8]) -> Result<Manifest, postcard::Error> {

@@ -4,9 +4,9 @@
 
 use super::error::{StoreError, StoreResult};
 use super::records::{Ino, Kind, Timestamp, ROOT_INO};
-use super::versions::{GcReport, LogEntry};
+use super::versions::{GcReport, LogEntry, Pinned};
 use super::Store;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -170,7 +170,7 @@ impl Store {
     /// Drops the oldest history nothing protects until `need` bytes of chunks are freed, or
     /// nothing droppable is left. Protected: current generations, those in use (`pinned`),
     /// those a snapshot shows, and those younger than their policy's keep-min-within.
-    pub fn thin_for_space(&self, pinned: &HashSet<(Ino, u64)>, need: u64) -> StoreResult<GcReport> {
+    pub fn thin_for_space(&self, pinned: &Pinned, need: u64) -> StoreResult<GcReport> {
         let mut report = GcReport::default();
         let predecessors = self.predecessors()?;
         let snapshot_seqs: Vec<u64> = self.index.snapshots()?.iter().map(|(_, s)| s.seq).collect();
@@ -212,12 +212,11 @@ impl Store {
             report.dropped.push((e.owner, e.gen, e.manifest.size));
             chosen.entry(ino).or_default().push(e);
         }
-        let in_use: HashSet<Ino> = pinned.iter().map(|(ino, _)| *ino).collect();
         for (ino, drops) in &chosen {
             self.drop_generations(drops)?;
             let inode = self.inode(*ino)?;
             if inode.nlink == 0 || inode.history.is_some() {
-                self.prune_history_chain(*ino, &in_use, &snapshot_seqs)?;
+                self.prune_history_chain(*ino, pinned, &snapshot_seqs)?;
             }
         }
         if !chosen.is_empty() {

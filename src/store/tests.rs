@@ -12,7 +12,7 @@ use super::index::DirEntry;
 use super::io::{FaultyIo, RealIo, StoreIo};
 use super::journal::{encode_frame, Journal};
 use super::records::{Ino, Kind, Manifest, Op, Record, ROOT_INO};
-use super::{Draft, NewNode, RenameMode, SetAttrs, Store, StoreError, XattrMode};
+use super::{Draft, NewNode, Pinned, RenameMode, SetAttrs, Store, StoreError, XattrMode};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -1353,7 +1353,7 @@ fn time_travel_before_a_dropped_first_generation_shows_the_file_empty() {
     write_and_commit(&store, ino, 0, b"one");
     write_and_commit(&store, ino, 0, b"two");
     store.set_retention(ROOT_INO, Some("keep-last=1"), 0).unwrap();
-    store.gc(&std::collections::HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     assert_eq!(store.generations(ino).unwrap().len(), 1);
     let (gen, manifest) = store.generation_at(ino, empty_then).unwrap();
     assert_eq!((gen, manifest.size), (0, 0));
@@ -1705,7 +1705,7 @@ fn gc_removes_inodes_whose_history_is_gone() {
     write_and_commit(&store, gone, 0, b"scratch");
     store.unlink(dir, b"scratch").unwrap();
     let inodes_before = store.index.inodes().unwrap().len();
-    store.gc(&HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     let f = lookup(&store, dir, "f");
     let log: Vec<u64> = store.log(f).unwrap().iter().map(|e| e.gen).collect();
     assert_eq!(log, [9, 10], "keep-last=2");
@@ -1724,9 +1724,9 @@ fn gc_removes_inodes_whose_history_is_gone() {
     let held = create_file(&store, dir, "held");
     let gen = write_and_commit(&store, held, 0, b"held");
     store.unlink(dir, b"held").unwrap();
-    store.gc(&HashSet::from([(held, gen)]), false).unwrap();
+    store.gc(&Pinned::from_iter([(held, gen)]), false).unwrap();
     assert_eq!(content(&store, held), b"held");
-    store.gc(&HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     assert!(store.inode(held).is_err());
     assert_consistent(&store);
     let report = store.check().unwrap();
@@ -1750,13 +1750,13 @@ fn a_snapshot_pins_only_what_its_tree_showed() {
         write_and_commit(&store, tmp, 0, format!("v{i}").as_bytes());
         store.rename(ROOT_INO, b"f.tmp", ROOT_INO, b"f", RenameMode::Replace).unwrap();
     }
-    store.gc(&HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     let f = lookup(&store, ROOT_INO, "f");
     let log: Vec<u64> = store.log(f).unwrap().iter().map(|e| e.gen).collect();
     assert_eq!(log, [1, 4], "the snapshot's generation and the current one");
     assert!(store.inode(scratch).is_err(), "created and deleted after the snapshot: not in it");
     store.snapshot_delete(b"s").unwrap();
-    store.gc(&HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     assert_eq!(store.log(f).unwrap().len(), 1);
     assert!(store.inode(first).is_err());
     assert_consistent(&store);
@@ -1804,7 +1804,7 @@ fn thinning_for_space_drops_oldest_unprotected_history_only() {
             store.snapshot_create(b"s").unwrap();
         }
     }
-    let pinned = HashSet::from([(f, 3)]);
+    let pinned = Pinned::from_iter([(f, 3)]);
     // One chunk's worth: exactly the oldest droppable generation goes (1: not in the snapshot).
     let report = store.thin_for_space(&pinned, 1).unwrap();
     assert_eq!(report.dropped.iter().map(|d| d.1).collect::<Vec<_>>(), [1]);
@@ -1820,7 +1820,7 @@ fn thinning_for_space_drops_oldest_unprotected_history_only() {
     store.set_retention(young, Some("keep-last=0,keep-min-within=1h"), 0).unwrap();
     write_and_commit(&store, young, 0, b"a");
     write_and_commit(&store, young, 0, b"b");
-    assert!(store.thin_for_space(&HashSet::new(), u64::MAX).unwrap().dropped.iter().all(|d| d.0 != young));
+    assert!(store.thin_for_space(&Pinned::default(), u64::MAX).unwrap().dropped.iter().all(|d| d.0 != young));
     assert_eq!(store.log(young).unwrap().len(), 2);
     assert_consistent(&store);
     let report = store.check().unwrap();
@@ -1846,7 +1846,7 @@ fn gc_removes_deleted_directories_symlinks_and_old_instants() {
     store.snapshot_create(b"s").unwrap();
     store.rmdir(ROOT_INO, b"in-a-snapshot").unwrap();
     assert!(store.index.time_index_secs().unwrap().len() >= 2);
-    store.gc(&HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     for gone in [dir, sub, link] {
         assert!(store.index.inode(gone).unwrap().is_none(), "inode {gone} is still in the index");
     }
@@ -1933,9 +1933,54 @@ fn renaming_over_a_hard_linked_file_keeps_the_other_name_whole() {
     write_and_commit(&store, new, 0, b"replacement");
     store.rename(ROOT_INO, b"tmp", ROOT_INO, b"target", RenameMode::Replace).unwrap();
     assert_eq!(store.inode(new).unwrap().history, None);
-    store.gc(&HashSet::new(), false).unwrap();
+    store.gc(&Pinned::default(), false).unwrap();
     assert_eq!(content(&store, lookup(&store, ROOT_INO, "other-name")), b"still mine");
     assert_eq!(content(&store, lookup(&store, ROOT_INO, "target")), b"replacement");
     assert_consistent(&store);
     assert!(store.check().unwrap().problems.is_empty());
+}
+
+/// A copy by reference (`Draft::share_slot`) points at another file's chunks before it is
+/// committed: the generation it copied from is pinned through `Draft::borrowed`, and gc keeps
+/// its chunks even when nothing else does. Without that pin they go.
+#[test]
+fn chunks_shared_by_an_uncommitted_copy_survive_gc() {
+    const CS: u64 = CHUNK_BYTES_MIN;
+    let (_tmp, path, store) = new_store(CS);
+    store.set_retention(ROOT_INO, Some("keep-last=0"), 0).unwrap();
+    // A file, and a draft of another one that shares all its slots.
+    let copy_of = |name: &str, seed: u64| {
+        let source = create_file(&store, ROOT_INO, name);
+        let bytes = pattern(seed, (2 * CS + 100) as usize);
+        write_and_commit(&store, source, 0, &bytes);
+        let (gen, manifest) = store.current_generation(source).unwrap();
+        let target = create_file(&store, ROOT_INO, &format!("{name}.copy"));
+        let mut draft = store.new_draft(target).unwrap();
+        for k in 0..3 {
+            let len = (bytes.len() as u64 - k * CS).min(CS);
+            assert!(draft.share_slot(k, manifest.slot(k), len, (source, gen), CS).unwrap());
+        }
+        assert_eq!(draft.borrowed, [(source, gen)]);
+        assert_eq!(draft_content(&store, &draft), bytes);
+        // Rewritten whole: the copied generation is history no other generation shares.
+        let mut rewrite = store.new_draft(source).unwrap();
+        rewrite.truncate(0, store.chunks()).unwrap();
+        rewrite.write(0, b"rewritten", store.chunks()).unwrap();
+        store.commit(&mut rewrite).unwrap();
+        (target, draft, bytes)
+    };
+    let (target, mut draft, bytes) = copy_of("kept", 7);
+    let chunks = chunk_files(&path);
+    let pinned: Pinned = std::iter::once((target, draft.base_gen)).chain(draft.borrowed.clone()).collect();
+    assert!(store.gc(&pinned, false).unwrap().dropped.is_empty(), "the copied generation stays");
+    assert_eq!(chunk_files(&path), chunks, "gc unlinked chunks a copy shares");
+    store.commit(&mut draft).unwrap();
+    assert!(draft.borrowed.is_empty(), "a commit makes the chunks the copy's own");
+    assert_eq!(store.gc(&Pinned::default(), false).unwrap().dropped.len(), 1);
+    assert_eq!(content(&store, target), bytes);
+    assert_consistent(&store);
+
+    let (_, unpinned, _) = copy_of("lost", 8);
+    store.gc(&Pinned::default(), false).unwrap();
+    assert!(unpinned.read(0, CS as u32, store.chunks()).is_err(), "the pin is what keeps them");
 }
